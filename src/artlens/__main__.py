@@ -1,0 +1,3 @@
+from artlens.cli import app
+
+app()

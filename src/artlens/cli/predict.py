@@ -1,0 +1,146 @@
+"""`artlens predict`: what is this artwork?"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+
+
+def _parse_thresholds(values: list[str]) -> dict[str, float] | float | None:
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return float(values[0])
+    out = {}
+    for v in values:
+        task, _, num = v.partition("=")
+        if not num:
+            raise typer.BadParameter(f"expected TASK=VALUE or one number, got {v!r}")
+        out[task.strip()] = float(num)
+    return out
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Images, folders (searched recursively) or manifests (.parquet/.csv).")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the shipped model).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels shown per task.")] = 3,
+    threshold: Annotated[
+        list[str],
+        typer.Option("--threshold", help="Override the 'unsure' threshold: one number for all tasks, or TASK=VALUE (repeatable)."),
+    ] = [],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON Lines) on stdout.")] = False,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+) -> None:
+    """Classify images: per task the top-k labels with calibrated probabilities, or `unsure`."""
+    from rich.console import Console
+
+    from artlens.models.artmodel import ModelFormatError
+    from artlens.predict import Predictor, expand_inputs
+
+    err = Console(stderr=True)
+    try:
+        predictor = Predictor(model, top_k=top_k, thresholds=_parse_thresholds(threshold))
+        files = expand_inputs(paths)
+    except (ModelFormatError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR)
+    if not files:
+        err.print("[red]error:[/red] no images found in " + ", ".join(map(str, paths)))
+        raise typer.Exit(EXIT_ERROR)
+
+    results = []
+    failed = 0
+    show_progress = len(files) > 8 and err.is_terminal
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+        )
+        progress.start()
+        job = progress.add_task("predict", total=len(files))
+        on_progress = lambda n: progress.advance(job, n)  # noqa: E731
+    else:
+        progress, on_progress = None, None
+    try:
+        for row in predictor.iter_predict(files, batch_size=batch_size, on_progress=on_progress):
+            if row["error"]:
+                failed += 1
+                err.print(f"[yellow]skipped[/yellow] {row['path']}: {row['error']}", highlight=False, soft_wrap=True)
+            if as_json:
+                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            results.append(row)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+    if csv is not None:
+        _write_csv(csv, results, predictor.model.task_names)
+    if not as_json:
+        _print_table(results, predictor.model.task_names)
+    if failed:
+        err.print(f"{failed} of {len(results)} file(s) could not be read.")
+        raise typer.Exit(EXIT_PARTIAL)
+    raise typer.Exit(EXIT_OK)
+
+
+def _fmt_task(res: dict) -> str:
+    top = res["top"]
+    head = top[0]
+    if res["label"] != head["label"]:  # unsure, or an open-set "unknown"
+        first = f"[yellow]{res['label']}[/yellow] [dim](best guess {head['label']} {head['prob']:.0%})[/dim]"
+    else:
+        first = f"[bold]{head['label']}[/bold] {head['prob']:.0%}"
+    rest = ", ".join(f"{t['label']} {t['prob']:.0%}" for t in top[1:])
+    return first + (f"\n[dim]{rest}[/dim]" if rest else "")
+
+
+def _print_table(results: list[dict], tasks: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    table.add_column("image", overflow="fold", max_width=40)
+    for t in tasks:
+        table.add_column(t)
+    for r in results:
+        name = Path(r["path"]).name
+        if r["error"]:
+            table.add_row(name, *([f"[red]error: {r['error']}[/red]"] + [""] * (len(tasks) - 1)))
+        else:
+            table.add_row(name, *(_fmt_task(r["tasks"][t]) for t in tasks))
+    Console().print(table)
+
+
+def _write_csv(path: Path, results: list[dict], tasks: list[str]) -> None:
+    import csv as csvmod
+    import io
+
+    from artlens.paths import atomic_write_text
+
+    buf = io.StringIO()
+    cols = ["path", "error"]
+    for t in tasks:
+        cols += [f"{t}", f"{t}_prob", f"{t}_unsure", f"{t}_top"]
+    w = csvmod.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in results:
+        row = {"path": r["path"], "error": r["error"] or ""}
+        for t in tasks:
+            res = r["tasks"].get(t)
+            if res:
+                row[t] = res["label"]
+                row[f"{t}_prob"] = res["top"][0]["prob"]
+                row[f"{t}_unsure"] = res["unsure"]
+                row[f"{t}_top"] = ";".join(f"{x['label']}:{x['prob']}" for x in res["top"])
+        w.writerow(row)
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,270 @@
+"""The model artifact: a directory with `model.safetensors` and `config.json`.
+
+Loading reads JSON and safetensors only (no pickle, no code), checks every tensor's shape against
+the config, and refuses anything it does not understand with `ModelFormatError`. Heads are evaluated
+in numpy so that prediction over ONNX embeddings never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artlens.paths import atomic_write_bytes, atomic_write_text
+
+FORMAT = "artlens-model"
+VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_HEAD_KEY = re.compile(r"^heads\.(?P<task>[A-Za-z0-9_+\-]+)\.(?P<idx>\d+)\.(?P<kind>weight|bias)$")
+
+
+class ModelFormatError(ValueError):
+    """A model directory that cannot be loaded safely, with the reason."""
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    labels: list[str]
+    column: str | None = None  # manifest column; `origin+style` for a joint label
+    hidden: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    temperature: float = 1.0
+    threshold: float = 0.0  # top probability under this -> "unsure"
+    unknown: dict | None = None  # open-set rule, e.g. {"method": "max_prob", "threshold": .4, "label": "unknown artist"}
+
+    def __post_init__(self) -> None:
+        if self.column is None:
+            self.column = self.name
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ModelFormatError(f"task {self.name!r}: labels must be a non-empty list of distinct names")
+        if not self.temperature > 0:
+            raise ModelFormatError(f"task {self.name!r}: temperature must be positive")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ArtModel:
+    """Config + tensors. `mode` is `probe` (heads over a pretrained backbone) or `finetune`."""
+
+    def __init__(self, config: dict[str, Any], tensors: dict[str, np.ndarray]):
+        self.config = config
+        self.tensors = tensors
+        self.tasks = [TaskConfig(**t) for t in config["tasks"]]
+        self._validate()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def mode(self) -> str:
+        return self.config.get("mode", "probe")
+
+    @property
+    def backbone_name(self) -> str:
+        return self.config["backbone"]["name"]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.config["backbone"]["feature_dim"])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"model has no task {name!r} (it has {', '.join(self.task_names)})")
+
+    def backbone_state(self) -> dict[str, np.ndarray]:
+        """Fine-tuned backbone weights (empty for probe models)."""
+        return {k[len("backbone."):]: v for k, v in self.tensors.items() if k.startswith("backbone.")}
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        cfg = self.config
+        if cfg.get("format") != FORMAT:
+            raise ModelFormatError(f"config.json: format is {cfg.get('format')!r}, expected {FORMAT!r}")
+        if int(cfg.get("version", -1)) > VERSION:
+            raise ModelFormatError(f"config.json: version {cfg.get('version')} is newer than this artlens ({VERSION})")
+        if cfg.get("mode") not in ("probe", "finetune"):
+            raise ModelFormatError(f"config.json: unknown mode {cfg.get('mode')!r}")
+        try:
+            dim = int(cfg["backbone"]["feature_dim"])
+            str(cfg["backbone"]["name"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelFormatError("config.json: backbone needs a name and a feature_dim") from None
+        names = self.task_names
+        if not names or len(set(names)) != len(names):
+            raise ModelFormatError("config.json: tasks must be a non-empty list with distinct names")
+        for key in self.tensors:
+            m = _HEAD_KEY.match(key)
+            if m and m["task"] not in names:
+                raise ModelFormatError(f"model.safetensors: tensor {key} belongs to no task in config.json")
+            # `openset.<task>.*`: data of an open-set rule (e.g. class centroids for "unknown artist").
+            if not (m or key.startswith(("backbone.", "openset.")) or key in ("norm.mean", "norm.std")):
+                raise ModelFormatError(f"model.safetensors: unexpected tensor {key}")
+        for t in self.tasks:
+            prev = dim
+            layers = self._linear_layers(t.name)
+            widths = [*t.hidden, len(t.labels)]
+            if len(layers) != len(widths):
+                raise ModelFormatError(
+                    f"task {t.name!r}: config says {len(widths)} linear layers, weights have {len(layers)}"
+                )
+            for (w, b), width in zip(layers, widths):
+                if w.shape != (width, prev) or b.shape != (width,):
+                    raise ModelFormatError(
+                        f"task {t.name!r}: weight shape {w.shape} does not match {width}x{prev} "
+                        f"({len(t.labels)} labels in config.json)"
+                    )
+                prev = width
+        for key in ("norm.mean", "norm.std"):
+            if key in self.tensors and self.tensors[key].shape != (dim,):
+                raise ModelFormatError(f"model.safetensors: {key} has shape {self.tensors[key].shape}, expected ({dim},)")
+        if "norm.std" in self.tensors and not np.all(self.tensors["norm.std"] > 0):
+            raise ModelFormatError("model.safetensors: norm.std must be positive")
+
+    def _linear_layers(self, task: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        idx = sorted(
+            {int(m["idx"]) for k in self.tensors if (m := _HEAD_KEY.match(k)) and m["task"] == task}
+        )
+        out = []
+        for i in idx:
+            try:
+                out.append((self.tensors[f"heads.{task}.{i}.weight"], self.tensors[f"heads.{task}.{i}.bias"]))
+            except KeyError as exc:
+                raise ModelFormatError(f"model.safetensors: missing tensor {exc.args[0]}") from None
+        return out
+
+    # ------------------------------------------------------------------ inference (numpy)
+    def normalise(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float32)
+        if "norm.mean" in self.tensors:
+            x = (x - self.tensors["norm.mean"]) / self.tensors["norm.std"]
+        return x
+
+    def head_logits(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw logits per task for backbone features `(N, feature_dim)`."""
+        x0 = self.normalise(features)
+        if x0.ndim != 2 or x0.shape[1] != self.feature_dim:
+            raise ValueError(f"features must be (N, {self.feature_dim}), got {x0.shape}")
+        out = {}
+        for t in self.tasks:
+            x = x0
+            layers = self._linear_layers(t.name)
+            for j, (w, b) in enumerate(layers):
+                x = x @ w.T + b
+                if j < len(layers) - 1:
+                    x = np.maximum(x, 0.0)
+            out[t.name] = x
+        return out
+
+    def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per task (temperature-scaled softmax)."""
+        logits = self.head_logits(features)
+        return {t.name: _softmax(logits[t.name] / t.temperature) for t in self.tasks}
+
+    # ------------------------------------------------------------------ torch bridge
+    def torch_heads(self):
+        """An `nn.Module` (MultiTaskHeads) holding the same weights, for training and Grad-CAM."""
+        import torch
+
+        from artlens.models.heads import MultiTaskHeads
+
+        norm = None
+        if "norm.mean" in self.tensors:
+            norm = (torch.from_numpy(self.tensors["norm.mean"]), torch.from_numpy(self.tensors["norm.std"]))
+        heads = MultiTaskHeads(self.feature_dim, {t.name: asdict(t) for t in self.tasks}, norm=norm)
+        state = {
+            k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.tensors.items() if k.startswith("heads.")
+        }
+        heads.load_state_dict(state, strict=False)
+        missing = [k for k in heads.heads.state_dict() if f"heads.{k}" not in state]
+        if missing:
+            raise ModelFormatError(f"model.safetensors: missing head tensors {missing[:3]}")
+        return heads
+
+    @classmethod
+    def from_torch(
+        cls,
+        config: dict[str, Any],
+        heads,
+        backbone_state: dict | None = None,
+    ) -> "ArtModel":
+        """Build from trained torch modules. `heads` is a MultiTaskHeads; its norm buffers are kept."""
+        tensors: dict[str, np.ndarray] = {}
+        for k, v in heads.heads.state_dict().items():
+            tensors[f"heads.{k}"] = v.detach().cpu().float().numpy()
+        if getattr(heads, "norm_mean", None) is not None:
+            tensors["norm.mean"] = heads.norm_mean.detach().cpu().float().numpy()
+            tensors["norm.std"] = heads.norm_std.detach().cpu().float().numpy()
+        for k, v in (backbone_state or {}).items():
+            tensors[f"backbone.{k}"] = v.detach().cpu().numpy()
+        return cls(new_config(config), tensors)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.numpy import save
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config["tasks"] = [asdict(t) for t in self.tasks]
+        blob = save({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, metadata={"format": FORMAT})
+        atomic_write_bytes(directory / WEIGHTS_NAME, blob)
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=False) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ArtModel":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        directory = Path(directory)
+        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not directory.is_dir():
+            raise ModelFormatError(f"{directory}: not a model directory")
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise ModelFormatError(f"{directory}: missing {p.name}")
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("tasks"), list):
+            raise ModelFormatError(f"{cfg_path}: expected an object with a list of tasks")
+        try:
+            tensors = load(w_path.read_bytes())
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise ModelFormatError(f"{w_path}: not a valid safetensors file ({exc})") from None
+        try:
+            return cls(config, tensors)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{directory}: {exc}") from None
+        except (TypeError, KeyError) as exc:
+            raise ModelFormatError(f"{directory}: invalid config.json ({exc})") from None
+
+
+def new_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill the fixed fields of a config.json."""
+    from artlens import __version__
+
+    out = {"format": FORMAT, "version": VERSION, "mode": "probe"}
+    out.update(config)
+    out["tasks"] = [asdict(t) if isinstance(t, TaskConfig) else dict(t) for t in out["tasks"]]
+    out.setdefault("recipe", {})
+    out.setdefault("metrics", {})
+    out.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    out.setdefault("artlens_version", __version__)
+    return out

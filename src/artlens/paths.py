@@ -1,0 +1,40 @@
+"""Where artlens keeps derived files (dequantized weights, embeddings)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """`$ARTLENS_CACHE`, else the user's cache dir (e.g. ~/.cache/artlens)."""
+    env = os.environ.get("ARTLENS_CACHE")
+    if env:
+        path = Path(env)
+    else:
+        from platformdirs import user_cache_dir
+
+        path = Path(user_cache_dir("artlens", appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` so that `path` is either the old file or the complete new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,192 @@
+"""Predictions: images -> per task the top-k labels with calibrated probabilities, or `unsure`.
+
+`Predictor` pairs an `ArtModel` with the encoder of its backbone (onnxruntime for CLIP, torch for
+CNNs). Files are decoded in a small thread pool ahead of the encoder; a file that cannot be read
+gives a row with its error and never stops the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artlens.data.images import ImageDecodeError, load_image
+from artlens.models.artmodel import ArtModel
+
+UNSURE = "unsure"
+# Files a folder walk offers to the decoder; the decoder, not the extension, decides what is an image.
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+    ".svg", ".heic", ".heif", ".avif", ".jfif", ".pdf",
+}
+MANIFEST_SUFFIXES = {".parquet", ".csv"}
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Images as given; folders walked recursively (sorted, hidden files skipped); manifests read.
+
+    Paths that do not exist are kept so the predictor reports them as errors in order.
+    """
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = []
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                        found.append(str(Path(root) / f))
+            out.extend(found)
+        elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
+            import pandas as pd
+
+            df = pd.read_parquet(p) if p.suffix.lower() == ".parquet" else pd.read_csv(p)
+            if "path" not in df.columns:
+                raise ValueError(f"{p}: a manifest needs a 'path' column")
+            base = p.parent
+            out.extend(str(q if Path(q).is_absolute() else base / q) for q in df["path"].astype(str))
+        else:
+            out.append(str(p))
+    return out
+
+
+class Predictor:
+    """`Predictor(model_dir).predict_paths(paths)` -> one dict per image (see docs/architecture.md)."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | ArtModel | None = None,
+        *,
+        top_k: int = 3,
+        thresholds: dict[str, float] | float | None = None,
+        encoder=None,
+    ):
+        if model is None:
+            from artlens import default_model_dir
+
+            model = default_model_dir()
+        self.model = model if isinstance(model, ArtModel) else ArtModel.load(model)
+        self.top_k = max(1, int(top_k))
+        self.thresholds = {t.name: t.threshold for t in self.model.tasks}
+        if isinstance(thresholds, (int, float)):
+            self.thresholds = {k: float(thresholds) for k in self.thresholds}
+        elif thresholds:
+            unknown = set(thresholds) - set(self.thresholds)
+            if unknown:
+                raise ValueError(f"--threshold names tasks the model does not have: {', '.join(sorted(unknown))}")
+            self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+        self._encoder = encoder
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from artlens.embed import get_encoder
+
+            state = self.model.backbone_state() or None
+            self._encoder = get_encoder(self.model.backbone_name, backbone_state=state)
+        return self._encoder
+
+    # ------------------------------------------------------------------ core
+    def embed_images(self, images: Sequence) -> np.ndarray:
+        batch = np.stack([self.encoder.preprocess(img) for img in images])
+        return self.encoder.embed_batch(batch)
+
+    def predict_features(self, features: np.ndarray) -> list[dict[str, Any]]:
+        """Per-row task results for backbone features `(N, dim)`."""
+        logits = self.model.head_logits(features)
+        rows: list[dict[str, Any]] = [{} for _ in range(len(features))]
+        for t in self.model.tasks:
+            z = logits[t.name] / t.temperature
+            z = z - z.max(axis=1, keepdims=True)
+            probs = np.exp(z)
+            probs /= probs.sum(axis=1, keepdims=True)
+            k = min(self.top_k, len(t.labels))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            unknown = _open_set_reject(self.model, t, features, logits[t.name], probs)
+            for i in range(len(features)):
+                top = [{"label": t.labels[j], "prob": round(float(probs[i, j]), 4)} for j in order[i]]
+                unsure = bool(probs[i, order[i, 0]] < self.thresholds[t.name])
+                if unknown is not None and unknown[i]:
+                    label = t.unknown.get("label", "unknown")
+                else:
+                    label = UNSURE if unsure else top[0]["label"]
+                rows[i][t.name] = {"label": label, "unsure": unsure, "top": top}
+        return rows
+
+    def predict_images(self, images: Sequence, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        names = list(names) if names is not None else [f"<image {i}>" for i in range(len(images))]
+        if not images:
+            return []
+        results = self.predict_features(self.embed_images(images))
+        return [{"path": n, "error": None, "tasks": r} for n, r in zip(names, results)]
+
+    def iter_predict(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        batch_size: int = 32,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield one result per path, in order; decoding runs ahead of the encoder in threads."""
+        paths = [str(p) for p in paths]
+
+        def decode(path: str):
+            try:
+                return self.encoder.preprocess(load_image(path)), None
+            except ImageDecodeError as exc:
+                return None, exc.reason
+            except Exception as exc:  # a decoder bug must not lose the batch
+                return None, f"could not process image ({type(exc).__name__}: {exc})"
+
+        workers = min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start : start + batch_size]
+                decoded = list(pool.map(decode, chunk))
+                good = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
+                results: dict[int, dict] = {}
+                if good:
+                    feats = self.encoder.embed_batch(np.stack([decoded[i][0] for i in good]))
+                    for i, r in zip(good, self.predict_features(feats)):
+                        results[i] = r
+                for i, path in enumerate(chunk):
+                    if i in results:
+                        yield {"path": path, "error": None, "tasks": results[i]}
+                    else:
+                        yield {"path": path, "error": decoded[i][1], "tasks": {}}
+                if on_progress:
+                    on_progress(len(chunk))
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike], **kw) -> list[dict[str, Any]]:
+        return list(self.iter_predict(paths, **kw))
+
+
+def _open_set_reject(model: ArtModel, task, features, logits, probs) -> np.ndarray | None:
+    """Boolean mask of rows the task's open-set rule sends to `unknown` (None when no rule)."""
+    rule = task.unknown
+    if not rule:
+        return None
+    method = rule.get("method", "max_prob")
+    thr = float(rule["threshold"])
+    if method == "max_prob":
+        return probs.max(axis=1) < thr
+    if method == "energy":
+        # Free energy -T*logsumexp(z/T): higher (less negative) for unfamiliar inputs.
+        t = float(rule.get("energy_temperature", 1.0))
+        z = logits / t
+        m = z.max(axis=1, keepdims=True)
+        energy = -t * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
+        return energy > thr
+    if method == "centroid":
+        cents = model.tensors[f"openset.{task.name}.centroids"]
+        x = np.asarray(features, dtype=np.float32)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        c = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+        return (x @ c.T).max(axis=1) < thr
+    raise ValueError(f"task {task.name!r}: unknown open-set method {method!r}")

@@ -1,0 +1,93 @@
+"""The model artifact: round trips, numpy/torch agreement, and refusal of bad files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from artlens.models.artmodel import ArtModel, ModelFormatError, new_config
+
+
+def _model(hidden=(), seed=0, dim=8) -> ArtModel:
+    import torch
+
+    from artlens.models.heads import MultiTaskHeads
+
+    torch.manual_seed(seed)
+    tasks = [
+        {"name": "style", "labels": ["a", "b", "c"], "hidden": list(hidden), "threshold": 0.5, "temperature": 2.0},
+        {"name": "origin", "labels": ["human", "ai"]},
+    ]
+    heads = MultiTaskHeads(dim, {t["name"]: t for t in tasks}, norm=(torch.randn(dim), torch.rand(dim) + 0.5))
+    cfg = {"backbone": {"name": "simple-cnn", "weights_id": "test", "feature_dim": dim}, "tasks": tasks}
+    return ArtModel.from_torch(cfg, heads)
+
+
+@pytest.mark.parametrize("hidden", [(), (16, 4)])
+def test_round_trip_and_numpy_matches_torch(tmp_path, hidden):
+    import torch
+
+    m = _model(hidden)
+    m.save(tmp_path / "m")
+    loaded = ArtModel.load(tmp_path / "m")
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    np_logits = loaded.head_logits(x)
+    heads = loaded.torch_heads().eval()
+    with torch.no_grad():
+        t_logits = heads(torch.from_numpy(x))
+    for task in ("style", "origin"):
+        np.testing.assert_allclose(np_logits[task], t_logits[task].numpy(), rtol=1e-5, atol=1e-5)
+    probs = loaded.predict_proba(x)
+    np.testing.assert_allclose(probs["style"].sum(axis=1), 1.0, rtol=1e-6)
+    # temperature 2 flattens the distribution compared with the raw softmax
+    raw = np.exp(np_logits["style"]) / np.exp(np_logits["style"]).sum(axis=1, keepdims=True)
+    assert probs["style"].max(axis=1).mean() < raw.max(axis=1).mean()
+    assert loaded.task("style").threshold == 0.5
+
+
+def test_refuses_mismatched_labels(tmp_path):
+    m = _model()
+    m.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m/config.json").read_text())
+    cfg["tasks"][0]["labels"].append("d")  # 4 labels, head has 3 outputs
+    (tmp_path / "m/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="does not match"):
+        ArtModel.load(tmp_path / "m")
+
+
+def test_refuses_pickle_and_garbage(tmp_path):
+    import pickle
+
+    m = _model()
+    m.save(tmp_path / "m")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "m/model.safetensors").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ModelFormatError, match="safetensors"):
+        ArtModel.load(tmp_path / "m")
+    assert not marker.exists()
+    (tmp_path / "m/config.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match="JSON"):
+        ArtModel.load(tmp_path / "m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFormatError, match="missing"):
+        ArtModel.load(tmp_path / "empty")
+
+
+def test_refuses_unknown_tensor_and_format(tmp_path):
+    m = _model()
+    m.tensors["evil.tensor"] = np.zeros(3, np.float32)
+    with pytest.raises(ModelFormatError, match="unexpected tensor"):
+        ArtModel(m.config, m.tensors)
+    cfg = dict(new_config(m.config))
+    cfg["format"] = "something-else"
+    with pytest.raises(ModelFormatError, match="format"):
+        ArtModel(cfg, {k: v for k, v in m.tensors.items() if k != "evil.tensor"})
