@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml requirements-weights.txt
 demo: setup
 	$(VENV)/bin/artlens predict src/artlens/examples
 
-# Headless Chromium for the browser end-to-end tests (Debian packages; skipped when not root).
+# Headless Chromium and its driver for the browser end-to-end test (Debian packages; needs root,
+# otherwise that test skips). selenium comes with the dev extras.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: browser tests will be skipped"; }
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "chromium/chromedriver not installed (needs root): browser tests will be skipped"; fi
 
 test: setup browser
 	$(VENV)/bin/python -m pytest -q

@@ -25,7 +25,7 @@ EXIT_PARTIAL = 2  # finished, but some inputs could not be read
 def _register() -> None:
     import importlib
 
-    for name in ("data", "embed", "train", "evaluate", "predict", "explain", "serve"):
+    for name in ("data", "embed", "train", "evaluate", "predict", "explain", "serve", "artist"):
         try:
             importlib.import_module(f"artlens.cli.{name}")
         except ModuleNotFoundError as exc:  # a stage not written yet

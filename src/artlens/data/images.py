@@ -1,14 +1,17 @@
 """Safe image decoding: every file becomes an RGB PIL image or one typed error naming it.
 
 Pillow does the decoding; this module adds the policy: EXIF orientation, mode conversion
-(transparency composited on white), a decompression-bomb limit, and one error type.
+(transparency composited on white, 16-bit scaled to 8), a decompression-bomb limit, a whitelist
+of formats (Pillow's EPS plugin would run Ghostscript), and one error type for every failure.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,8 +19,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # 8,000 x 8,000 = 64 Mpx: bigger than any painting scan the models need (they see 224-512 px),
 # small enough that one decode cannot take gigabytes.
 MAX_PIXELS = 64_000_000
+# A file bigger than this is refused before reading it (a 64 Mpx 16-bit TIFF is ~400 MB).
+MAX_FILE_BYTES = 1 << 30
 
-SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "AVIF"}
+# Extensions a scan treats as images (a text file named .jpg is still tried, and reported).
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif"}
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_ORIENTATION_TAG = 0x0112
 
 
 class ImageDecodeError(Exception):
@@ -28,95 +38,216 @@ class ImageDecodeError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # picklable across process pools (the default uses self.args)
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What a scan needs from one image: its decoded size and a small RGB copy for hashing."""
+
+    width: int  # full size after EXIF rotation
+    height: int
+    format: str
+    mode: str  # the file's own mode before conversion (e.g. "CMYK", "I;16")
+    thumbnail: Image.Image  # RGB, at most about `thumb_size` on its short side for JPEG (draft decode)
+
+
+def _open_formats() -> list[str]:
+    # Plugins Pillow registers for opening (MPO has none of its own: the JPEG opener returns it).
+    Image.init()
+    return sorted(SUPPORTED_FORMATS & set(Image.OPEN))
+
+
+def _sniff(head: bytes) -> str | None:
+    """A readable name for common non-image files that land in image folders."""
+    h = head.lstrip()[:512].lower()
+    if h.startswith(b"%pdf"):
+        return "a PDF document, not an image"
+    if h.startswith(b"%!ps"):
+        return "a PostScript file, not an image"
+    if b"<svg" in h or (h.startswith(b"<?xml") and b"svg" in h):
+        return "an SVG (vector graphics are not supported)"
+    if h.startswith((b"<!doctype html", b"<html")) or b"<html" in h:
+        return "an HTML page, not an image"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1"):
+        return "HEIC/HEIF images are not supported (convert to JPEG or PNG)"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:256]):
+        return "a text file, not an image"
+    return None
+
+
+def _scale_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale to 8-bit 'L', scaling instead of clipping at 255."""
+    import numpy as np
+
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        out = (arr.astype(np.uint32) >> 8).astype(np.uint8)  # 65535 -> 255
+    elif img.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float32))
+        hi = 1.0 if float(arr.max(initial=0.0)) <= 1.0 else 255.0
+        out = (arr / hi * 255.0).clip(0, 255).astype(np.uint8)
+    else:  # "I": Pillow opens some 16-bit files as 32-bit; pick the range the values use
+        hi = float(arr.max(initial=0))
+        hi = 255.0 if hi <= 255 else 65535.0 if hi <= 65535 else hi
+        out = (arr.astype(np.float32) / hi * 255.0).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping at 255.
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray((arr / hi * 255.0).clip(0, 255).astype("uint8"), mode="L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    elif img.mode == "L" and "transparency" in img.info:
+        img = img.convert("LA")
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _scale_to_l(img)
+    if img.mode in _ALPHA_MODES:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError:  # e.g. LAB, HSV: no direct conversion in Pillow
+        raise ValueError(f"unsupported image mode {img.mode}") from None
 
 
-def _decode(fp, name: str, max_pixels: int) -> Image.Image:
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a corrupt EXIF block should not cost the picture
+        return 1
+
+
+def _exif_transpose(img: Image.Image) -> tuple[Image.Image, bool]:
+    """Apply the EXIF orientation; returns (image, whether width and height swapped)."""
+    orientation = _orientation(img)
+    if orientation == 1:
+        return img, False
+    try:
+        out = ImageOps.exif_transpose(img) or img
+    except Exception:  # broken EXIF: keep the pixels as stored
+        return img, False
+    return out, orientation in (5, 6, 7, 8)
+
+
+def _open(fp, name: str, max_pixels: int) -> Image.Image:
+    """Parse the header (no pixel data yet) and apply the format and size limits."""
+    head = fp.read(512)
+    fp.seek(0)
+    try:
+        img = Image.open(fp, formats=_open_formats())
+    except UnidentifiedImageError:
+        raise ImageDecodeError(name, _unidentified_reason(fp, head)) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(name, f"image too large (decompression bomb): {exc}") from None
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(name, f"empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageDecodeError(name, f"image too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
+    return img
+
+
+def _unidentified_reason(fp, head: bytes) -> str:
+    sniffed = _sniff(head)
+    if sniffed:
+        return sniffed
+    # Name the format when Pillow knows it but we do not accept it (header parse only, no load).
+    try:
+        fp.seek(0)
+        with Image.open(fp) as other:
+            return f"unsupported image format {other.format}"
+    except Exception:
+        return "not an image (unrecognised file format)"
+
+
+def _decode(fp, name: str, max_pixels: int, draft: int | None = None) -> tuple[Image.Image, tuple[int, int], str, str]:
+    """Decode to RGB. Returns (image, full size after rotation, format, original mode)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(fp)
-        except UnidentifiedImageError:
-            raise ImageDecodeError(name, "not an image (unrecognised file format)") from None
-        except Image.DecompressionBombWarning as exc:
-            raise ImageDecodeError(name, f"image too large (decompression bomb): {exc}") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(name, f"image too large (decompression bomb): {exc}") from None
-        fmt = img.format or "unknown"
-        if fmt not in SUPPORTED_FORMATS:
-            raise ImageDecodeError(name, f"unsupported image format {fmt}")
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ImageDecodeError(
-                name, f"image too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})"
-            )
-        if w < 1 or h < 1:
-            raise ImageDecodeError(name, f"empty image ({w}x{h})")
-        try:
+            img = _open(fp, name, max_pixels)
+            fmt, mode, full = img.format or "unknown", img.mode, img.size
             if getattr(img, "is_animated", False):
-                img.seek(0)  # first frame of an animation
+                img.seek(0)  # first frame of an animation or multi-page file
+            if draft and fmt == "JPEG":
+                # JPEG can decode at 1/2..1/8 scale: the whole stream is still read (truncation
+                # is still caught) at a fraction of the cost.
+                img.draft("RGB", (draft, draft))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            img, swapped = _exif_transpose(img)
+            if swapped:
+                full = (full[1], full[0])
+            return _to_rgb(img), full, fmt, mode
         except ImageDecodeError:
             raise
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ImageDecodeError(name, f"image too large (decompression bomb): {exc}") from None
+        except MemoryError:
+            raise ImageDecodeError(name, "out of memory while decoding") from None
+        except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
             msg = str(exc) or type(exc).__name__
+            if msg.startswith("unsupported image mode"):
+                raise ImageDecodeError(name, msg) from None
             if "truncated" in msg.lower() or isinstance(exc, EOFError):
                 raise ImageDecodeError(name, f"truncated image file ({msg})") from None
             raise ImageDecodeError(name, f"corrupt image data ({msg})") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(name, f"image too large (decompression bomb): {exc}") from None
+
+
+def read_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of an image file, or `ImageDecodeError` (missing, directory, FIFO, empty, huge...)."""
+    path = Path(path)
+    name = str(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageDecodeError(name, "file not found (or a broken link)") from None
+    except PermissionError:
+        raise ImageDecodeError(name, "permission denied") from None
+    except OSError as exc:  # symlink loops, names too long...
+        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageDecodeError(name, "is a directory")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageDecodeError(name, "not a regular file")
+    if st.st_size == 0:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    if st.st_size > max_bytes:
+        raise ImageDecodeError(name, f"file too large ({st.st_size:,} bytes, limit {max_bytes:,})")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except PermissionError:
+        raise ImageDecodeError(name, "permission denied") from None
+    except OSError as exc:
+        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from None
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode `path` to an RGB image; raises `ImageDecodeError` naming the file and the reason."""
-    path = Path(path)
-    name = str(path)
-    try:
-        if path.is_dir():
-            raise ImageDecodeError(name, "is a directory")
-        size = path.stat().st_size
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError:
-        raise ImageDecodeError(name, "file not found") from None
-    except PermissionError:
-        raise ImageDecodeError(name, "permission denied") from None
-    except OSError as exc:  # symlink loops, bad names...
-        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise ImageDecodeError(name, "empty file (0 bytes)")
-    try:
-        with open(path, "rb") as fh:
-            return _decode(fh, name, max_pixels)
-    except PermissionError:
-        raise ImageDecodeError(name, "permission denied") from None
-    except ImageDecodeError:
-        raise
-    except OSError as exc:
-        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from None
+    data = read_image_file(path)
+    return _decode(io.BytesIO(data), str(path), max_pixels)[0]
 
 
 def load_image_bytes(data: bytes, name: str = "<upload>", *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an in-memory image (an upload)."""
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels)[0]
+
+
+def probe_image_bytes(
+    data: bytes, name: str = "<upload>", *, max_pixels: int = MAX_PIXELS, thumb_size: int = 256
+) -> ImageProbe:
+    """Fully decode (so corrupt files fail here) but keep only a small RGB copy.
+
+    JPEGs decode at reduced scale (at least `thumb_size` on each side), which makes scanning
+    large collections several times faster; `width`/`height` are still the full decoded size.
+    """
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    img, (w, h), fmt, mode = _decode(io.BytesIO(data), name, max_pixels, draft=thumb_size)
+    return ImageProbe(width=w, height=h, format=fmt, mode=mode, thumbnail=img)

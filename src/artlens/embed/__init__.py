@@ -1,1 +1,23 @@
-"""artlens.embed"""
+"""artlens.embed: encoders (onnxruntime for CLIP, torch for CNNs) and the content-hash keyed
+embedding store. Importing this package is cheap: torch and onnxruntime load only when an
+encoder is built."""
+
+from artlens.embed.encoders import Encoder, OnnxEncoder, SpecPreprocess, TorchEncoder, get_encoder, l2_normalize
+from artlens.embed.extract import EmbedResult, EmbedStats, embed_manifest, file_sha256
+from artlens.embed.store import EmbeddingStore, StoreError, default_store_root
+
+__all__ = [
+    "EmbedResult",
+    "EmbedStats",
+    "EmbeddingStore",
+    "Encoder",
+    "OnnxEncoder",
+    "SpecPreprocess",
+    "StoreError",
+    "TorchEncoder",
+    "default_store_root",
+    "embed_manifest",
+    "file_sha256",
+    "get_encoder",
+    "l2_normalize",
+]

@@ -1,0 +1,231 @@
+"""Artist attribution on WikiArt: the artist head beside a nearest-centroid baseline, and the open set.
+
+Artists with >= 40 paintings in ../shared/datasets/wikiart-styles are the known ones (split by
+painting: 60% train, 20% validation, 20% test; near-duplicates on one side); the other artists are
+unknown ones, split *by artist* into validation (to choose the open-set rule and its threshold) and
+test. For every seed the script prints
+
+- closed set (known artists' held-out paintings): accuracy, macro-F1, top-5 of the artist head and
+  of a nearest-centroid classifier on the same CLIP embeddings;
+- open set: AUROC known-vs-unknown of max probability, energy and centroid distance (validation and
+  test), the chosen rule, and on test the false attribution rate, the share of unknown-artist
+  paintings called `unknown artist` and of known-artist paintings keeping their correct name
+  (through `Predictor`, as users see them); targets >= 80% and >= 80%;
+- attribution by similarity (gallery: the known artists' training paintings): how often the nearest
+  artist by max cosine / mean of the 3 closest / centroid is the right one.
+
+CLIP embeddings come from the shared embedding store (`artlens embed` fills it); nothing is computed
+unless `--embed` is given.
+
+    .venv/bin/python benchmarks/artist.py
+    .venv/bin/python benchmarks/artist.py --seeds 0 1 2 3 4 --json artist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "wikiart-styles"
+BACKBONE = "clip-vit-b16"
+
+
+def load_manifest(root: Path, manifest: Path | None):
+    """The scanned manifest of `root` (WikiArt file-name labels), cached beside the embeddings."""
+    from artlens.data.manifest import read_manifest, scan, write_manifest
+    from artlens.paths import cache_dir
+
+    if manifest is not None:
+        return read_manifest(manifest)
+    cached = cache_dir() / "benchmarks" / f"{root.name}.manifest.parquet"
+    if cached.is_file():
+        return read_manifest(cached)
+    print(f"scanning {root} (once; cached in {cached})", file=sys.stderr)
+    res = scan(root, name_pattern="wikiart", progress=sys.stderr.isatty())
+    write_manifest(res.manifest, cached)
+    return res.manifest
+
+
+def store_vectors(df, store_root: Path | None, backbone_id: str | None):
+    """Vectors of the manifest rows from the store directory of CLIP that covers most of them."""
+    import json as _json
+
+    from artlens.embed import EmbeddingStore, default_store_root
+
+    root = Path(store_root) if store_root else default_store_root()
+    ids = [backbone_id] if backbone_id else [
+        _json.loads((d / "backbone.json").read_text())["backbone_id"]
+        for d in sorted(root.glob(f"{BACKBONE}-*")) if (d / "backbone.json").is_file()
+    ]
+    best = None
+    for bid in ids:
+        store = EmbeddingStore(root, bid)
+        vectors, found = store.get(list(df["sha256"]))
+        if best is None or found.sum() > best[1].sum():
+            best = (vectors, found, bid)
+    if best is None:
+        return None, np.zeros(len(df), bool), None
+    return best
+
+
+def attribution_accuracy(Xg, yg, Xq, yq, n_classes: int) -> dict:
+    """Top-1 / top-3 accuracy of the nearest artist by similarity, for each scoring method."""
+    from artlens.train.openset import l2n
+
+    G, Q = l2n(Xg), l2n(Xq)
+    sims = Q @ G.T
+    out = {}
+    for method in ("max", "topk", "centroid"):
+        scores = np.full((len(Q), n_classes), -np.inf, dtype=np.float32)
+        for c in range(n_classes):
+            s = sims[:, yg == c]
+            if method == "max":
+                scores[:, c] = s.max(axis=1)
+            elif method == "topk":
+                scores[:, c] = -np.sort(-s, axis=1)[:, :3].mean(axis=1)
+            else:
+                scores[:, c] = Q @ l2n(G[yg == c].mean(axis=0, keepdims=True))[0]
+        order = np.argsort(-scores, axis=1)
+        out[method] = {
+            "top1": round(float((order[:, 0] == yq).mean()), 4),
+            "top3": round(float((order[:, :3] == yq[:, None]).any(axis=1).mean()), 4),
+        }
+    return out
+
+
+def run(df, vectors, ok, args, seed: int) -> dict:
+    from artlens.train.artist import ROLE_COL, SPLIT_COL, train_artist_task
+
+    t0 = time.perf_counter()
+    art = train_artist_task(df, vectors, ok, min_per_class=args.min_per_class, seed=seed,
+                            target_known=args.target_known, target_unknown=args.target_unknown,
+                            backbone={"name": BACKBONE}, threads=args.threads)
+    m = dict(art.metrics)
+    m["train_seconds"] = round(time.perf_counter() - t0, 1)
+    f = art.split.frame
+    rows = np.flatnonzero(ok)[f["row"].to_numpy()]
+    X = vectors[rows]
+    idx = {a: i for i, a in enumerate(art.labels)}
+    y = np.array([idx.get(a, -1) for a in f["artist_label"]])
+    tr = ((f[ROLE_COL] == "known") & (f[SPLIT_COL] == "train")).to_numpy()
+    te = ((f[ROLE_COL] == "known") & (f[SPLIT_COL] == "test")).to_numpy()
+    m["attribution_test"] = attribution_accuracy(X[tr], y[tr], X[te], y[te], len(art.labels))
+    m["rule"] = art.task.unknown
+    m["temperature"] = art.task.temperature
+    return m
+
+
+def print_seed(seed: int, m: dict) -> None:
+    s = m["split"]
+    print(f"\n== seed {seed}: {s['known_artists']} known artists (>= {s['min_per_class']} paintings): "
+          f"train {s.get('known_train', 0)}, val {s.get('known_val', 0)}, test {s.get('known_test', 0)} paintings; "
+          f"{s['kept_out_artists']} artists kept out ({s['kept_out_paintings']} paintings): "
+          f"{s['unknown_val_artists']} artists / {s.get('unknown_val', 0)} paintings for validation, "
+          f"{s['unknown_test_artists']} / {s.get('unknown_test', 0)} for test")
+    print(f"head: {m['selected_head']}  temperature {m['temperature']:.3f}  ({m['train_seconds']} s incl. calibration)")
+    print(f"{'closed set (test)':<24}{'accuracy':>10}{'macro-F1':>10}{'top-5':>10}")
+    for name, key in (("artist head", "closed_set_test"), ("nearest centroid", "nearest_centroid_test")):
+        r = m[key]
+        print(f"{name:<24}{r['accuracy']:>10.3f}{r['macro_f1']:>10.3f}{r['top5_accuracy']:>10.3f}")
+    v, t = m["open_set_validation"], m["open_set_test"]
+    print(f"{'open set AUROC':<24}{'val':>10}{'test':>10}")
+    for meth, r in v["methods"].items():
+        mark = "  <- chosen" if meth == v["method"] else ""
+        print(f"{meth:<24}{r['auroc']:>10.3f}{t['auroc_by_method'].get(meth, float('nan')):>10.3f}{mark}")
+    op = v["methods"][v["method"]]["operating_point"]
+    print(f"rule {m['rule']}  (validation: known correct {op['known_correct']:.1%}, unknown rejected "
+          f"{op['unknown_rejected']:.1%}; {op['criterion']})")
+    p = t["predict"]
+    print(f"test: known-artist paintings keeping their correct name {p['known_correct_name']:.1%} "
+          f"(called unknown {p['known_called_unknown']:.1%}, wrong name {p['known_wrong_name']:.1%}); "
+          f"unknown-artist paintings called 'unknown artist' {p['unknown_called_unknown']:.1%}; "
+          f"false attribution rate {p['false_attribution_rate']:.1%}")
+    a = m["attribution_test"]
+    print("attribution by similarity (test, gallery = training paintings): " + ", ".join(
+        f"{k} top-1 {v['top1']:.3f} / top-3 {v['top3']:.3f}" for k, v in a.items()))
+
+
+def summary(results: dict[int, dict]) -> dict:
+    def stat(get):
+        vals = np.array([get(m) for m in results.values()], dtype=float)
+        return {"mean": round(float(vals.mean()), 4), "std": round(float(vals.std()), 4), "values": [round(float(x), 4) for x in vals]}
+
+    out = {
+        "head_macro_f1": stat(lambda m: m["closed_set_test"]["macro_f1"]),
+        "head_top5": stat(lambda m: m["closed_set_test"]["top5_accuracy"]),
+        "head_accuracy": stat(lambda m: m["closed_set_test"]["accuracy"]),
+        "centroid_macro_f1": stat(lambda m: m["nearest_centroid_test"]["macro_f1"]),
+        "centroid_top5": stat(lambda m: m["nearest_centroid_test"]["top5_accuracy"]),
+        "centroid_accuracy": stat(lambda m: m["nearest_centroid_test"]["accuracy"]),
+        "rule_auroc_test": stat(lambda m: m["open_set_test"]["rule"]["auroc"]),
+        "known_correct_name": stat(lambda m: m["open_set_test"]["predict"]["known_correct_name"]),
+        "unknown_called_unknown": stat(lambda m: m["open_set_test"]["predict"]["unknown_called_unknown"]),
+        "false_attribution_rate": stat(lambda m: m["open_set_test"]["predict"]["false_attribution_rate"]),
+    }
+    for meth in ("max_prob", "energy", "centroid"):
+        out[f"auroc_test_{meth}"] = stat(lambda m, meth=meth: m["open_set_test"]["auroc_by_method"][meth])
+    out["chosen_methods"] = [m["rule"]["method"] for m in results.values()]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--manifest", type=Path, help="A scanned manifest of --root (default: scan once, cached).")
+    ap.add_argument("--store", type=Path, help="Embedding store root (default: the shared user cache).")
+    ap.add_argument("--backbone-id", help="Store folder's backbone id (default: the CLIP one covering most images).")
+    ap.add_argument("--embed", action="store_true", help="Compute the embeddings the store lacks (slow on a CPU).")
+    ap.add_argument("--min-per-class", type=int, default=40)
+    ap.add_argument("--target-known", type=float, default=0.8)
+    ap.add_argument("--target-unknown", type=float, default=0.8)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="Write every number to this file.")
+    args = ap.parse_args(argv)
+
+    if not args.root.is_dir():
+        print(f"{args.root}: not there", file=sys.stderr)
+        return 1
+    df = load_manifest(args.root, args.manifest)
+    if args.embed:
+        from artlens.embed import embed_manifest
+
+        vectors, ok = embed_manifest(df, BACKBONE, store_root=args.store, progress=sys.stderr.isatty())[:2]
+        bid = "computed"
+    else:
+        vectors, ok, bid = store_vectors(df, args.store, args.backbone_id)
+    coverage = ok.mean() if len(ok) else 0.0
+    print(f"{len(df)} images, {df['sha256'].nunique()} distinct; embeddings from store {bid}: {ok.sum()} ({coverage:.1%})")
+    if coverage < 0.95:
+        print("the store lacks most of these images: run `artlens embed` on the folder first, or pass --embed", file=sys.stderr)
+        return 1
+
+    results = {}
+    for seed in args.seeds:
+        results[seed] = run(df, vectors, ok, args, seed)
+        print_seed(seed, results[seed])
+    summ = summary(results)
+    if len(results) > 1:
+        print(f"\n== over {len(results)} seeds (mean +- std)")
+        for k, v in summ.items():
+            if isinstance(v, dict):
+                print(f"{k:<28}{v['mean']:.3f} +- {v['std']:.3f}")
+        print(f"{'chosen methods':<28}{', '.join(summ['chosen_methods'])}")
+    ok_known = summ["known_correct_name"]["mean"] >= 0.8
+    ok_unknown = summ["unknown_called_unknown"]["mean"] >= 0.8
+    print(f"\ntargets: unknown artists called 'unknown artist' >= 80%: {'met' if ok_unknown else 'NOT met'} "
+          f"({summ['unknown_called_unknown']['mean']:.1%}); known artists keeping their correct name >= 80%: "
+          f"{'met' if ok_known else 'NOT met'} ({summ['known_correct_name']['mean']:.1%})")
+    if args.json:
+        args.json.write_text(json.dumps({"backbone_id": bid, "summary": summ, "seeds": {str(k): v for k, v in results.items()}}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`artlens embed`: a manifest or a folder -> cached embeddings + an export with their rows."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def _load_source(source: Path, layout: str | None, progress: bool = False):
+    """(manifest DataFrame, scan errors DataFrame or None)."""
+    import pandas as pd
+
+    if source.is_dir():
+        try:
+            from artlens.data.manifest import scan
+        except ImportError:
+            scan = None
+        if scan is not None:
+            res = scan(source, layout=layout, progress=progress)
+            return res.manifest, res.errors
+        # Without the manifest module: every image file below the folder (hashes computed later).
+        files = sorted(str(p.resolve()) for p in source.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        return pd.DataFrame({"path": files}), None
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    suffix = source.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            from artlens.data.manifest import read_manifest
+        except ImportError:
+            read_manifest = pd.read_parquet
+        return read_manifest(source), None
+    if suffix == ".csv":
+        return pd.read_csv(source), None
+    if suffix in _IMAGE_SUFFIXES:
+        return pd.DataFrame({"path": [str(source.resolve())]}), None
+    raise ValueError(f"{source}: expected a manifest (.parquet/.csv), a folder or an image")
+
+
+@app.command()
+def embed(
+    source: Annotated[Path, typer.Argument(help="A manifest (.parquet/.csv), or a folder of images (scanned first).")],
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Registry backbone name.")] = "clip-vit-b16",
+    store: Annotated[Optional[Path], typer.Option("--store", help="Embedding store root (default: <cache>/embeddings).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0: decode in this process).")] = 2,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Export: NAME.npy (+ NAME.rows.parquet, NAME.json), NAME.parquet, or a directory. "
+                     "Default: ./<source>-<backbone>-embeddings/"),
+    ] = None,
+    layout: Annotated[Optional[str], typer.Option("--layout", help="Folder layout for scanning (default: detect).")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Embed images with a backbone, reusing every vector already in the store."""
+    from rich.console import Console
+
+    from artlens.embed import embed_manifest
+    from artlens.embed.export import save_embeddings
+
+    err = Console(stderr=True)
+    show = err.is_terminal if progress is None else progress
+    try:
+        df, scan_errors = _load_source(source, layout, show)
+    except Exception as exc:  # a bad manifest or source is one clear line, not a traceback
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    if len(df) == 0:
+        err.print(f"[red]error:[/red] no images in {source}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+
+    try:
+        result = embed_manifest(df, backbone, store_root=store, batch_size=batch_size, workers=workers, progress=show)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]: the vectors computed so far are saved; run the same command to resume")
+        raise typer.Exit(EXIT_ERROR)
+    except Exception as exc:  # unknown backbone, missing weights...
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    vectors, ok, errors = result
+    stats = result.stats
+
+    failures = [(r.path, r.reason) for r in errors.itertuples()]
+    if scan_errors is not None and len(scan_errors):
+        failures = [(r.path, r.reason) for r in scan_errors.itertuples()] + failures
+    for path, reason in failures:
+        err.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+
+    if out is None:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().stem or "images")
+        out = Path.cwd() / f"{slug}-{backbone}-embeddings"
+    rows = df.loc[ok].copy()
+    if "sha256" not in rows.columns:
+        rows["sha256"] = [h for h, good in zip(result.hashes, ok) if good]
+    info = {
+        "backbone": backbone,
+        "backbone_id": stats.backbone_id,
+        "source": str(source.resolve()),
+        "failed": len(failures),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        save_embeddings(out, rows, vectors[ok], info)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write {out}: {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+
+    summary = {
+        "source": str(source),
+        "backbone": backbone,
+        "backbone_id": stats.backbone_id,
+        "dim": stats.dim,
+        "rows": stats.rows,
+        "embedded_rows": int(ok.sum()),
+        "unique_images": stats.unique,
+        "computed": stats.computed,
+        "reused": stats.reused,
+        "failed": len(failures),
+        "seconds": round(stats.seconds, 2),
+        "images_per_s": round(stats.images_per_s, 2),
+        "out": str(out),
+        "store": str(store) if store else None,
+        "errors": [{"path": p, "reason": r} for p, r in failures],
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"artlens embed: {backbone}", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for key in ("rows", "embedded_rows", "unique_images", "computed", "reused", "failed", "seconds", "images_per_s", "dim", "backbone_id", "out"):
+            table.add_row(key.replace("_", " "), str(summary[key]))
+        Console().print(table)
+    raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)

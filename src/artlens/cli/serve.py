@@ -1,0 +1,80 @@
+"""`artlens serve`: the REST API and the web page."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from artlens.cli import EXIT_ERROR, app
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the shipped model).")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Index directory from `artlens index` (enables similar artworks).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. Keep 127.0.0.1 unless behind a proxy.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted request body, in MB.")] = 20,
+    workers: Annotated[Optional[int], typer.Option(min=1, max=64, help="Worker threads for model work (default: CPU cores, at most 4).")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds a request may take, queueing included.")] = 60,
+    cors_origin: Annotated[
+        list[str], typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable). Off by default.")
+    ] = [],
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the API (/v1/predict, /v1/explain, /v1/similar, /v1/models, /docs) and the page at /."""
+    import uvicorn
+    from rich.console import Console
+
+    from artlens.serve.app import create_app
+
+    err = Console(stderr=True)
+    # Fail before binding when the model or the index cannot be loaded (the app loads them at start-up).
+    try:
+        from artlens import default_model_dir
+        from artlens.models.artmodel import ArtModel
+
+        ArtModel.load(model or default_model_dir())
+        if index is not None and not index.is_dir():
+            raise ValueError(f"{index}: not an index directory")
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR)
+    if not _is_loopback(host):
+        err.print(
+            f"[yellow]note:[/yellow] listening on {host}: anyone who can reach this address can use the server "
+            "(there is no authentication)."
+        )
+
+    application = create_app(
+        model,
+        index,
+        max_upload_mb=max_upload_mb,
+        workers=workers,
+        timeout_s=timeout,
+        cors_origins=cors_origin or None,
+    )
+    where = f"http://{host}:{port}/" if port else f"{host} on a free port (uvicorn names it below)"
+    err.print(f"artlens: loading the model, then serving on {where}  (API docs at /docs)")
+    try:
+        # Keep-alive and concurrency limits at the HTTP level too; the app bounds the model work.
+        uvicorn.run(application, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=1024)
+    except SystemExit as exc:  # uvicorn exits 3 when start-up fails (index unreadable, port in use)
+        if exc.code not in (0, None):
+            err.print("[red]error:[/red] the server could not start (see the log above)")
+            raise typer.Exit(EXIT_ERROR) from None
+    except Exception as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,233 @@
+"""Encoders: one image in, one L2-normalised float32 vector out.
+
+`get_encoder(name)` returns an onnxruntime encoder for CLIP (fast CPU inference, no torch import)
+and a torch encoder for every other backbone (or for CLIP with fine-tuned weights / on a GPU).
+Each encoder has a `backbone_id` that changes whenever the weights, the runtime or the
+preprocessing change, so the embedding store never mixes vectors from different models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+CLIP_NAME = "clip-vit-b16"
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _digest(obj: Any, n: int = 12) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """A content hash of a state dict (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        arr = np.ascontiguousarray(np.asarray(state[key]))
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def make_backbone_id(name: str, runtime: str, fingerprint: Mapping[str, Any]) -> str:
+    """`<name>-<runtime>-<hash>`: readable, and different whenever anything in `fingerprint` is."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return f"{safe}-{runtime}-{_digest({'name': name, 'runtime': runtime, **fingerprint})}"
+
+
+class Encoder:
+    """Base class. Subclasses set `backbone_id`, `dim`, `preprocess` and implement `embed_batch`.
+
+    `preprocess` must be a plain callable (PIL image -> (3,H,W) float32 array) that does not hold
+    the model: worker processes call it to decode and preprocess in parallel with inference.
+    """
+
+    backbone_id: str
+    dim: int
+    name: str
+    preprocess: Callable[[Any], np.ndarray]
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_batch(np.stack([self.preprocess(img) for img in images]))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.backbone_id!r}, dim={self.dim})"
+
+
+# --------------------------------------------------------------------------- preprocessing
+@dataclass(frozen=True)
+class SpecPreprocess:
+    """Eval preprocessing from a backbone spec: resize short side, centre crop, scale, normalise.
+
+    torchvision's transforms do the geometry on the PIL image (Pillow's antialiased resize), the
+    same ones timm's eval transform uses; picklable, so worker processes can run it.
+    """
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def from_spec(cls, spec) -> "SpecPreprocess":
+        return cls(
+            input_size=int(spec.input_size),
+            resize_size=int(getattr(spec, "resize_size", None) or spec.input_size),
+            mean=tuple(float(m) for m in spec.mean),
+            std=tuple(float(s) for s in spec.std),
+            interpolation=str(getattr(spec, "interpolation", "bicubic")),
+        )
+
+    def fingerprint(self) -> dict:
+        return {
+            "input_size": self.input_size,
+            "resize_size": self.resize_size,
+            "mean": [round(m, 8) for m in self.mean],
+            "std": [round(s, 8) for s in self.std],
+            "interpolation": self.interpolation,
+        }
+
+    def _geometry(self):
+        from torchvision import transforms as T
+
+        mode = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}.get(
+            self.interpolation, T.InterpolationMode.BICUBIC
+        )
+        return T.Compose([T.Resize(self.resize_size, interpolation=mode), T.CenterCrop(self.input_size)])
+
+    def __call__(self, img) -> np.ndarray:
+        geom = self.__dict__.get("_geom")
+        if geom is None:
+            geom = self._geometry()
+            object.__setattr__(self, "_geom", geom)  # built once per process
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        arr = np.asarray(geom(img), dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------- onnxruntime (CLIP)
+class OnnxEncoder(Encoder):
+    """An onnxruntime session whose first output is the embedding."""
+
+    def __init__(self, name: str, session, preprocess: Callable, backbone_id: str, output: str | None = None):
+        self.name = name
+        self.session = session
+        self.preprocess = preprocess
+        self.backbone_id = backbone_id
+        self.input_name = session.get_inputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        self.output_name = output if output in outputs else outputs[0]
+        dim = session.get_outputs()[outputs.index(self.output_name)].shape[-1]
+        self.dim = int(dim) if isinstance(dim, int) else int(self.embed_batch(np.zeros((1, 3, 224, 224), np.float32)).shape[1])
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return l2_normalize(out)
+
+
+def _clip_onnx_encoder() -> OnnxEncoder:
+    """CLIP through onnxruntime: the batch-independent INT8 model built by artlens.models.clip."""
+    from artlens.models import clip as clip_mod
+    from artlens.models.backbones import get_spec
+
+    session = clip_mod.clip_onnx_session()  # intra-op threads = all cores
+    spec = get_spec(CLIP_NAME)
+    fingerprint = {
+        # The cached model's file name hashes the weights' source id and the build recipe.
+        "model": clip_mod.clip_onnx_path().name,
+        "weights_id": spec.weights_id,
+        "preprocess": SpecPreprocess.from_spec(spec).fingerprint(),
+    }
+    backbone_id = make_backbone_id(CLIP_NAME, "onnx", fingerprint)
+    return OnnxEncoder(CLIP_NAME, session, clip_mod.clip_preprocess, backbone_id, clip_mod.ONNX_OUTPUT)
+
+
+# --------------------------------------------------------------------------- torch
+class TorchEncoder(Encoder):
+    """A torch backbone from the registry (eval mode, no grad) with its spec's preprocessing."""
+
+    def __init__(self, name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu", pretrained: bool = True):
+        import torch
+
+        from artlens.models.backbones import create_backbone, get_spec
+
+        self.name = name
+        self.spec = get_spec(name)
+        self.device = torch.device(device)
+        # Backbones without pretrained weights (simple-cnn) start from random weights: seeded, so
+        # that every process gets the same ones and the store never mixes two random draws.
+        random_init = not backbone_state and (not pretrained or getattr(self.spec, "weights_id", None) == "scratch")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = create_backbone(name, pretrained=pretrained and not backbone_state)
+        if backbone_state:
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in backbone_state.items()}
+            model.load_state_dict(tensors, strict=True)
+        self.model = model.eval().to(self.device)
+        self.preprocess = SpecPreprocess.from_spec(self.spec)
+        self.dim = int(self.spec.feature_dim)
+        fingerprint = {
+            "weights_id": f"random-init-seed0-torch{torch.__version__}" if random_init else getattr(self.spec, "weights_id", None),
+            "state": state_digest(backbone_state)[:16] if backbone_state else None,
+            "preprocess": self.preprocess.fingerprint(),
+        }
+        self.backbone_id = make_backbone_id(name, "torch", fingerprint)
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            feats = self.model(x)
+        feats = feats.float().flatten(1).cpu().numpy()
+        return l2_normalize(feats)
+
+
+# --------------------------------------------------------------------------- factory
+_CACHE: dict[tuple[str, str], Encoder] = {}
+
+
+def get_encoder(backbone_name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu") -> Encoder:
+    """The encoder for a registry backbone.
+
+    CLIP on the CPU with its pretrained weights runs through onnxruntime; a fine-tuned backbone
+    (`backbone_state`, the `backbone.*` tensors of an ArtModel with the prefix removed) or another
+    device uses the torch model. Pretrained encoders are built once per process and shared.
+    """
+    if isinstance(backbone_name, Encoder):
+        return backbone_name
+    if backbone_state:
+        return TorchEncoder(backbone_name, backbone_state=backbone_state, device=device)
+    key = (backbone_name, str(device))
+    enc = _CACHE.get(key)
+    if enc is None:
+        if backbone_name == CLIP_NAME and str(device) == "cpu":
+            enc = _clip_onnx_encoder()
+        else:
+            enc = TorchEncoder(backbone_name, device=device)
+        _CACHE[key] = enc
+    return enc

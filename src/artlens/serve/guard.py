@@ -1,0 +1,235 @@
+"""What keeps the server standing: JSON errors, a body-size limit enforced while the body streams in,
+admission control (a bounded number of requests hold bodies at once; the rest wait on their socket),
+per-request deadlines, and a fixed-size worker pool for CPU work.
+
+Why this shape: a flood of uploads must queue, not multiply memory. Waiting requests have not been
+read yet (uvicorn stops reading a socket whose body the app has not asked for), so the only memory
+they cost is a coroutine. Work runs in a `ThreadPoolExecutor` of `workers` threads: unlike
+`anyio.to_thread` with an abandoned cancel, a timed-out job keeps its thread, so the pool can never
+grow past its size however many requests time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ApiError(StarletteHTTPException):
+    """An error answered as `{"error": code, "detail": detail}` with `status`."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.code = code
+
+
+# Default error codes for statuses raised without one (FastAPI's own 404/405, Starlette's 400).
+STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    500: "internal_error",
+    501: "not_implemented",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+def error_body(code: str, detail: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail}
+
+
+async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def deadline_of(scope: Scope, default_s: float) -> float:
+    """The request's deadline on the event loop clock (set by `GuardMiddleware` for POSTs)."""
+    state = scope.get("state") or {}
+    return state.get("artlens_deadline") or (asyncio.get_running_loop().time() + default_s)
+
+
+class QueueStats:
+    """Counters shared between the middleware and /healthz."""
+
+    def __init__(self) -> None:
+        self.waiting = 0  # POSTs waiting for an admission slot
+        self.active = 0  # POSTs admitted (reading, queued for a worker, or computing)
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware. For POST requests: refuse a declared `Content-Length` over the limit
+    before reading anything, wait for an admission slot (bounded queue, bounded wait), then count
+    the body bytes as the app reads them and stop at the limit. Every response gets `nosniff`;
+    the page gets a strict Content-Security-Policy."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        max_inflight: int,
+        max_queue: int,
+        timeout_s: float,
+        stats: "QueueStats | None" = None,
+        shown_limit: int | None = None,
+    ):
+        self.app = app
+        self.max_body = max_body
+        self.shown_limit = shown_limit or max_body  # the limit as users set it (max_body adds multipart slack)
+        self.max_inflight = max_inflight
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self._sem: asyncio.Semaphore | None = None
+        self.stats = stats if stats is not None else QueueStats()
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._sem is None:  # created inside the running loop
+            self._sem = asyncio.Semaphore(self.max_inflight)
+        return self._sem
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = self._with_headers(scope, send)
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await send_json(send, 400, error_body("bad_request", "invalid Content-Length header"))
+                return
+            if size > self.max_body:
+                await send_json(send, 413, error_body("payload_too_large", self._too_large(size)), {"connection": "close"})
+                return
+
+        sem = self._semaphore()
+        if not sem.locked():
+            await sem.acquire()  # a free slot: taken at once, no yield in between
+        else:
+            if self.stats.waiting >= self.max_queue:
+                await send_json(
+                    send, 503, error_body("busy", f"server busy: {self.stats.waiting} requests already waiting"),
+                    {"retry-after": "5"},
+                )
+                return
+            self.stats.waiting += 1
+            try:
+                await asyncio.wait_for(sem.acquire(), timeout=self.timeout_s)
+            except asyncio.TimeoutError:
+                await send_json(
+                    send, 503, error_body("busy", f"server busy: no worker free within {self.timeout_s:g} s"),
+                    {"retry-after": "5"},
+                )
+                return
+            finally:
+                self.stats.waiting -= 1
+
+        self.stats.active += 1
+        scope.setdefault("state", {})["artlens_deadline"] = deadline
+        received = 0
+        body_done = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:  # later reads only wait for a disconnect: no deadline, nothing to count
+                return await receive()
+            remaining = deadline - loop.time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.001))
+            except asyncio.TimeoutError:
+                raise ApiError(408, "request_timeout", f"the upload did not arrive within {self.timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    # Raised inside the app's body read: FastAPI re-raises HTTPExceptions from there,
+                    # so the app's error handler answers 413 without the rest being read.
+                    raise ApiError(413, "payload_too_large", self._too_large(None))
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.stats.active -= 1
+            sem.release()
+
+    def _too_large(self, size: int | None) -> str:
+        limit_mb = self.shown_limit / 1e6
+        got = f" ({size / 1e6:.1f} MB)" if size is not None else ""
+        return f"upload is larger than the {limit_mb:g} MB limit{got}"
+
+    @staticmethod
+    def _with_headers(scope: Scope, send: Send) -> Send:
+        path = scope.get("path", "")
+        page = path == "/" or path.startswith("/static/")
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if page:
+                    headers.append((b"content-security-policy", CSP))
+                    headers.append((b"referrer-policy", b"no-referrer"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return wrapped
+
+
+CSP = (
+    b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+class WorkerPool:
+    """A fixed number of threads for CPU work; `run` waits at most until the request's deadline."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, int(workers))
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="artlens-worker")
+        self.pending = 0
+
+    async def run(self, deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise ApiError(504, "timeout", "the request ran out of time before it could start")
+        start = time.monotonic()
+        future = self._executor.submit(fn, *args)
+        self.pending += 1
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=remaining)
+        except asyncio.TimeoutError:
+            future.cancel()  # drops it if still queued; a running job finishes in its own thread
+            raise ApiError(
+                504, "timeout", f"the request took longer than its time limit ({time.monotonic() - start:.0f} s)"
+            ) from None
+        finally:
+            self.pending -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,478 @@
+"""The artist task: a head over the artists with enough paintings, and `unknown artist` for the rest.
+
+One call does the whole job (`train_artist_task(manifest, vectors)`):
+
+1. artist labels (the manifest's `artist` column, or the WikiArt file name `<artist-slug>_<title>`),
+   one row per distinct image (exact duplicates filed under two styles count once);
+2. artists with >= `min_per_class` paintings are *known*; the others are kept out of the head and
+   reported with their counts;
+3. an open-set split: known artists' paintings are split by painting (train/val/test, near-
+   duplicates on one side), the kept-out artists are split *by artist* into validation unknowns and
+   test unknowns, so the test measures artists never seen in any choice;
+4. the head is trained by the probe trainer (`artlens.train.probe`, hyper-parameters and temperature
+   chosen on validation), the open-set methods (max probability, energy, centroid distance) are
+   compared on validation and the best one's threshold is chosen there;
+5. the test numbers: closed-set accuracy / macro-F1 / top-5 beside a nearest-centroid baseline, open-
+   set AUROC, false attribution rate, unknown paintings called `unknown artist`, known paintings
+   keeping their correct name (through `Predictor`, exactly as users see it).
+
+`ArtistTask.to_model(...)` gives a standalone model; `add_artist_task(model, task)` puts the head, its
+rule and its tensors into an existing model (the lead's default model) in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from artlens.train import openset
+
+log = logging.getLogger(__name__)
+
+TASK = "artist"
+UNKNOWN_LABEL = "unknown artist"
+SPLIT_COL = "artist_split"  # train / val / test / None (not used)
+ROLE_COL = "artist_role"  # known / unknown / excluded
+# Linear heads only: an artist head over CLIP features gains nothing from an MLP and the search
+# stays a few seconds on a CPU.
+LINEAR_CANDIDATES = [{"type": "linear", "weight_decay": [1e-4, 1e-3, 1e-2, 3e-2], "class_weight": [None, "balanced"]}]
+
+
+# ----------------------------------------------------------------------------- labels
+def slug_to_name(slug: str) -> str | None:
+    """`claude-monet` -> `Claude Monet` (the data package's canonical conversion; idempotent)."""
+    from artlens.data.taxonomy import artist_display_name
+
+    return artist_display_name(slug)
+
+
+def _from_names(paths, field_name: str) -> list:
+    from artlens.data.sources import labels_from_names
+
+    parsed = labels_from_names([str(p) for p in paths], "wikiart")
+    return [v if isinstance(v, str) else None for v in parsed[field_name]]
+
+
+def artist_from_filename(path: str) -> str | None:
+    """The artist slug of a WikiArt file name (`claude-monet_water-lilies-1916.jpg`), or None."""
+    return _from_names([path], "artist")[0]
+
+
+def artist_labels(df, column: str = "artist") -> np.ndarray:
+    """Display names per row: the manifest column when it has any value, else WikiArt file names."""
+    from artlens.data.taxonomy import artist_display_name
+
+    if column in df.columns and df[column].notna().any():
+        raw = list(df[column])
+    else:
+        raw = _from_names(df["path"], "artist")
+    names = {v: artist_display_name(v) for v in set(raw) if isinstance(v, str)}
+    return np.array([names.get(v) if isinstance(v, str) else None for v in raw], dtype=object)
+
+
+# ----------------------------------------------------------------------------- split
+@dataclass
+class ArtistSplit:
+    frame: Any  # DataFrame: the distinct images with `artist_label`, SPLIT_COL, ROLE_COL, and `row` (index in the input)
+    known: list[str]  # the head's classes, sorted
+    kept_out: dict[str, int]  # artist -> paintings, for artists under min_per_class
+    min_per_class: int
+
+    def counts(self) -> dict:
+        f = self.frame
+        out: dict[str, Any] = {
+            "known_artists": len(self.known),
+            "kept_out_artists": len(self.kept_out),
+            "kept_out_paintings": int(sum(self.kept_out.values())),
+            "min_per_class": self.min_per_class,
+        }
+        for role in ("known", "unknown"):
+            for part in ("train", "val", "test"):
+                n = int(((f[ROLE_COL] == role) & (f[SPLIT_COL] == part)).sum())
+                if n:
+                    out[f"{role}_{part}"] = n
+        out["unknown_val_artists"] = int(f.loc[(f[ROLE_COL] == "unknown") & (f[SPLIT_COL] == "val"), "artist_label"].nunique())
+        out["unknown_test_artists"] = int(f.loc[(f[ROLE_COL] == "unknown") & (f[SPLIT_COL] == "test"), "artist_label"].nunique())
+        return out
+
+
+def open_set_split(
+    df,
+    *,
+    column: str = "artist",
+    min_per_class: int = 40,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    unknown_val_fraction: float = 0.5,
+    seed: int = 0,
+    human_only: bool = True,
+) -> ArtistSplit:
+    """Known artists split by painting, kept-out artists split by artist (see the module docstring).
+
+    `fractions`: train/val/test shares of each known artist's paintings (test may be 0 for a final
+    model). `unknown_val_fraction`: share of the kept-out artists' paintings (whole artists) used for
+    calibration; the rest are test unknowns. With `human_only`, rows whose `origin` is `ai` are left
+    out (an AI image "in the style of" an artist is not by that artist).
+    """
+    import pandas as pd
+
+    if min_per_class < 2:
+        raise ValueError("min_per_class must be at least 2")
+    f = pd.DataFrame({"row": np.arange(len(df)), "path": df["path"].astype(str).to_numpy()})
+    f["artist_label"] = artist_labels(df, column)
+    for c in ("sha256", "phash", "title", "style"):
+        if c in df.columns:
+            f[c] = df[c].to_numpy()
+    if "title" not in f.columns:
+        f["title"] = [t.replace("-", " ") if t else None for t in _from_names(f["path"], "title")]
+    keep = np.array(f["artist_label"].notna(), dtype=bool)
+    if human_only and "origin" in df.columns:
+        keep &= (df["origin"].astype(str).str.lower() != "ai").to_numpy()
+    f = f[keep]
+    if "sha256" in f.columns:  # exact duplicates (the same file under two styles) are one painting
+        f = f[~(f["sha256"].notna() & f.duplicated("sha256"))]
+    # Near-duplicates (same bytes, or pHashes within the scan's distance) travel together.
+    from artlens.data.manifest import duplicate_groups
+
+    f = f.reset_index(drop=True)
+    f["_group"] = duplicate_groups(f)
+
+    counts = f.groupby("artist_label")["_group"].nunique()
+    known = sorted(counts[counts >= min_per_class].index)
+    kept_out = {str(k): int(v) for k, v in counts[counts < min_per_class].sort_values(ascending=False).items()}
+    if len(known) < 2:
+        raise ValueError(
+            f"only {len(known)} artist(s) have >= {min_per_class} paintings; lower --min-per-class "
+            f"(the most frequent: {', '.join(f'{a} {n}' for a, n in counts.nlargest(3).items())})"
+        )
+    rng = np.random.default_rng(seed)
+    split = np.full(len(f), None, dtype=object)
+    role = np.where(f["artist_label"].isin(known), "known", "unknown").astype(object)
+
+    fr = np.asarray(fractions, dtype=float)
+    fr = fr / fr.sum()
+    for artist in known:
+        idx = np.flatnonzero((f["artist_label"] == artist).to_numpy())
+        groups = np.array(sorted(set(f["_group"].iloc[idx])))
+        rng.shuffle(groups)
+        n = len(groups)
+        n_val = max(1, int(round(n * fr[1]))) if fr[1] > 0 else 0
+        n_test = max(1, int(round(n * fr[2]))) if fr[2] > 0 else 0
+        part = {g: "val" for g in groups[:n_val]}
+        part.update({g: "test" for g in groups[n_val : n_val + n_test]})
+        for i in idx:
+            split[i] = part.get(f["_group"].iloc[i], "train")
+
+    unknown_artists = np.array(sorted(kept_out))
+    rng.shuffle(unknown_artists)
+    total = sum(kept_out.values())
+    in_val, acc = set(), 0
+    for a in unknown_artists:  # whole artists to validation until it holds its share of paintings
+        if acc >= unknown_val_fraction * total:
+            break
+        in_val.add(a)
+        acc += kept_out[a]
+    is_unknown = role == "unknown"
+    labels = f["artist_label"].to_numpy()
+    split[is_unknown] = np.where(np.isin(labels[is_unknown], list(in_val)), "val", "test")
+    if unknown_val_fraction >= 1.0:
+        split[is_unknown] = "val"
+    f[SPLIT_COL] = split
+    f[ROLE_COL] = role
+    return ArtistSplit(frame=f.drop(columns=["_group"]), known=known, kept_out=kept_out, min_per_class=min_per_class)
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class ArtistTask:
+    """A trained artist head with its open-set rule; `to_model` / `add_artist_task` package it."""
+
+    task: Any  # TaskConfig (name, labels, temperature, unknown rule)
+    layers: list[tuple[np.ndarray, np.ndarray]]  # the head's Linear (weight, bias), on standardised features
+    mean: np.ndarray  # the standardisation the head was trained with
+    std: np.ndarray
+    centroids: np.ndarray  # (n_classes, dim) unit centroids of the training embeddings
+    openset: dict  # `OpenSetCalibration.as_dict()`: the methods compared on validation
+    metrics: dict = field(default_factory=dict)
+    split: ArtistSplit | None = None
+    backbone: dict = field(default_factory=dict)  # {"name", "feature_dim", "backbone_id"?}
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.task.labels)
+
+    def summary(self) -> dict:
+        """The compact numbers a model's config.json carries (the full metrics name every kept-out artist)."""
+        m = self.metrics
+        out = {k: m[k] for k in ("split", "closed_set_val", "closed_set_test", "nearest_centroid_test") if k in m}
+        v = m.get("open_set_validation") or {}
+        if v:
+            out["open_set_validation"] = {
+                "method": v["method"],
+                "auroc": {k: r["auroc"] for k, r in v["methods"].items()},
+                "operating_point": v["methods"][v["method"]]["operating_point"],
+            }
+        if "open_set_test" in m:
+            out["open_set_test"] = {"auroc": m["open_set_test"]["rule"]["auroc"], **m["open_set_test"].get("predict", {})}
+        return out
+
+    def tensors(self, norm: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Tensors of this task for a model whose features are standardised with `norm`
+        (`(mean, std)`, or None for a model without `norm.*`)."""
+        (w0, b0), rest = self.layers[0], self.layers[1:]
+        m2, s2 = (np.zeros_like(self.mean), np.ones_like(self.std)) if norm is None else norm
+        # The model feeds z = (x - m2) / s2; the head was trained on (x - m1) / s1 = (s2 z + m2 - m1) / s1.
+        w = w0 * (s2 / self.std)[None, :]
+        b = b0 + w0 @ ((m2 - self.mean) / self.std)
+        out = {f"heads.{self.task.name}.0.weight": w.astype(np.float32), f"heads.{self.task.name}.0.bias": b.astype(np.float32)}
+        for j, (wj, bj) in enumerate(rest, start=1):
+            # Linear layers sit at positions 0, 3, 6, ... of `[Linear, ReLU, Dropout] * k + Linear`.
+            out[f"heads.{self.task.name}.{3 * j}.weight"] = wj.astype(np.float32)
+            out[f"heads.{self.task.name}.{3 * j}.bias"] = bj.astype(np.float32)
+        if self.task.unknown and self.task.unknown.get("method") == "centroid":
+            out[f"openset.{self.task.name}.centroids"] = self.centroids.astype(np.float32)
+        return out
+
+    def to_model(self, config: dict | None = None):
+        """A standalone `ArtModel` with this one task (its own standardisation)."""
+        from artlens.models.artmodel import ArtModel, new_config
+
+        cfg = dict(config or {})
+        cfg.setdefault("backbone", {k: v for k, v in self.backbone.items() if k in ("name", "feature_dim", "weights_id")})
+        cfg["tasks"] = [self.task]
+        cfg.setdefault("metrics", {self.task.name: self.summary()})
+        tensors = {"norm.mean": self.mean.astype(np.float32), "norm.std": self.std.astype(np.float32)}
+        tensors.update(self.tensors((self.mean, self.std)))
+        return ArtModel(new_config(cfg), tensors)
+
+
+def add_artist_task(model, artist: ArtistTask, *, replace: bool = True):
+    """A new `ArtModel`: `model` plus the artist head, its `unknown` rule and `openset.artist.*`.
+
+    The head is re-expressed in the model's feature standardisation (exactly; see `ArtistTask.tensors`),
+    so it can join a model whose other heads were trained with another `norm.mean`/`norm.std`.
+    """
+    from dataclasses import asdict
+
+    from artlens.models.artmodel import ArtModel
+
+    name = artist.task.name
+    if artist.backbone.get("name") and artist.backbone["name"] != model.backbone_name:
+        raise ValueError(
+            f"the artist head was trained on {artist.backbone['name']} embeddings, the model uses {model.backbone_name}"
+        )
+    if int(artist.mean.shape[0]) != model.feature_dim:
+        raise ValueError(f"the artist head expects {artist.mean.shape[0]}-d features, the model gives {model.feature_dim}")
+    if name in model.task_names and not replace:
+        raise ValueError(f"the model already has a task {name!r}")
+    norm = (model.tensors["norm.mean"], model.tensors["norm.std"]) if "norm.mean" in model.tensors else None
+    tensors = {k: v for k, v in model.tensors.items() if not k.startswith((f"heads.{name}.", f"openset.{name}."))}
+    tensors.update(artist.tensors(norm))
+    config = dict(model.config)
+    config["tasks"] = [asdict(t) for t in model.tasks if t.name != name] + [asdict(artist.task)]
+    metrics = dict(config.get("metrics") or {})
+    metrics[name] = artist.summary()
+    config["metrics"] = metrics
+    return ArtModel(config, tensors)
+
+
+# ----------------------------------------------------------------------------- training
+def _probe_config(candidates: list[dict] | None, threads: int | None) -> tuple[dict, dict]:
+    import copy
+
+    from artlens.train.config import DEFAULTS
+
+    pcfg = copy.deepcopy(DEFAULTS["probe"])
+    pcfg["candidates"] = copy.deepcopy(candidates or LINEAR_CANDIDATES)
+    pcfg["metric"] = "macro_f1"
+    if threads:
+        pcfg["threads"] = threads
+    # No "unsure" threshold on the artist head: the open-set rule decides when to withhold a name.
+    calibration = {"temperature": True, "threshold": {"rule": "none"}}
+    return pcfg, calibration
+
+
+def closed_set_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """accuracy, macro-F1 and top-5 accuracy over all the head's classes."""
+    from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
+
+    if len(y) == 0:
+        return {"n": 0}
+    labels = np.arange(n_classes)
+    pred = proba.argmax(axis=1)
+    out = {
+        "n": int(len(y)),
+        "accuracy": round(float(accuracy_score(y, pred)), 4),
+        "macro_f1": round(float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)), 4),
+    }
+    for k in (3, 5):
+        if k < n_classes:
+            out[f"top{k}_accuracy"] = round(float(top_k_accuracy_score(y, proba, k=k, labels=labels)), 4)
+    return out
+
+
+def nearest_centroid_scores(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cosine to each class centroid: the nearest-centroid baseline's class scores."""
+    return openset.l2n(features) @ openset.l2n(centroids).T
+
+
+def predictor_rates(model, known_features, known_y, unknown_features, task: str = TASK) -> dict:
+    """What users see, through `Predictor`: shares of answers per group of paintings."""
+    from artlens.predict import Predictor
+
+    pred = Predictor(model, top_k=1)
+    unk = model.task(task).unknown.get("label", UNKNOWN_LABEL) if model.task(task).unknown else None
+    labels = model.task(task).labels
+    out = {}
+    if len(known_features):
+        rows = pred.predict_features(known_features)
+        names = np.array([r[task]["label"] for r in rows], dtype=object)
+        truth = np.array([labels[i] for i in known_y], dtype=object)
+        out["known_correct_name"] = round(float((names == truth).mean()), 4)
+        out["known_called_unknown"] = round(float((names == unk).mean()), 4)
+        out["known_wrong_name"] = round(float(((names != truth) & (names != unk)).mean()), 4)
+    if len(unknown_features):
+        rows = pred.predict_features(unknown_features)
+        names = np.array([r[task]["label"] for r in rows], dtype=object)
+        out["unknown_called_unknown"] = round(float((names == unk).mean()), 4)
+        out["false_attribution_rate"] = round(float((names != unk).mean()), 4)
+    return out
+
+
+def train_artist_task(
+    df,
+    vectors: np.ndarray,
+    ok_mask: np.ndarray | None = None,
+    *,
+    column: str = "artist",
+    min_per_class: int = 40,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    unknown_val_fraction: float = 0.5,
+    target_known: float = 0.8,
+    target_unknown: float | None = 0.8,
+    methods: tuple[str, ...] = openset.METHODS,
+    select_by: str = "auroc",
+    candidates: list[dict] | None = None,
+    backbone: dict | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    progress=None,
+) -> ArtistTask:
+    """Train the artist head with its open-set rule from a manifest and its embeddings.
+
+    `vectors` are aligned with `df` rows (as `embed_manifest` returns them); rows where `ok_mask` is
+    False (or the vector is not finite) are left out. `target_known` / `target_unknown`: the shares
+    of known paintings keeping their correct name and of unknown ones called `unknown artist` that
+    the threshold aims for on validation (see `openset.choose_threshold`). Returns an
+    `ArtistTask` whose `metrics` hold the split counts, the kept-out artists, the validation
+    comparison of the open-set methods and the test numbers.
+    """
+    from artlens.models.artmodel import TaskConfig
+    from artlens.train.probe import train_probe
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if len(vectors) != len(df):
+        raise ValueError(f"{len(vectors)} vectors for {len(df)} manifest rows")
+    ok = np.isfinite(vectors).all(axis=1)
+    if ok_mask is not None:
+        ok &= np.asarray(ok_mask, dtype=bool)
+    sub = df[ok]
+    sp = open_set_split(
+        sub, column=column, min_per_class=min_per_class, fractions=fractions,
+        unknown_val_fraction=unknown_val_fraction, seed=seed,
+    )
+    f = sp.frame
+    X = vectors[np.flatnonzero(ok)[f["row"].to_numpy()]]
+    labels = sp.known
+    index = {a: i for i, a in enumerate(labels)}
+    y = np.array([index.get(a, -1) for a in f["artist_label"]], dtype=np.int64)
+    role, split = f[ROLE_COL].to_numpy(), f[SPLIT_COL].to_numpy()
+    known_split = np.where(role == "known", split, "none").astype(str)
+
+    pcfg, calibration = _probe_config(candidates, threads)
+    res = train_probe(X, {TASK: y}, known_split, [{"name": TASK, "labels": labels, "column": column}],
+                      pcfg, calibration, seed=seed, progress=progress)
+    r = res.results[TASK]
+    from artlens.models.heads import linear_indices
+
+    layers = [
+        (r.head[i].weight.detach().cpu().numpy().astype(np.float32), r.head[i].bias.detach().cpu().numpy().astype(np.float32))
+        for i in linear_indices(r.head)
+    ]
+    tr = (role == "known") & (split == "train")
+    centroids = openset.class_centroids(X[tr], y[tr], len(labels))
+    task = TaskConfig(name=TASK, labels=list(labels), column=column, hidden=list(r.hidden), dropout=float(r.dropout),
+                      temperature=float(r.temperature), threshold=0.0, unknown=None)
+    bb = dict(backbone or {})
+    bb.setdefault("feature_dim", int(X.shape[1]))
+    art = ArtistTask(task=task, layers=layers, mean=res.mean, std=res.std, centroids=centroids, openset={},
+                     split=sp, backbone=bb)
+
+    # Open set: compare the methods on validation (known val paintings vs whole held-out artists).
+    model = art.to_model({"backbone": {"name": bb.get("name", "features"), "feature_dim": int(X.shape[1])}})
+    kv = (role == "known") & (split == "val")
+    uv = (role == "unknown") & (split == "val")
+    cal = openset.calibrate(model, TASK, X[kv], y[kv], X[uv], centroids=centroids, methods=methods,
+                            target_known=target_known, target_unknown=target_unknown, label=UNKNOWN_LABEL, select_by=select_by)
+    task.unknown = cal.rule
+    art.openset = cal.as_dict()
+    model = art.to_model({"backbone": {"name": bb.get("name", "features"), "feature_dim": int(X.shape[1])}})
+
+    metrics: dict[str, Any] = {"split": sp.counts(), "kept_out": sp.kept_out, "selected_head": r.chosen,
+                               "temperature": round(float(r.temperature), 4), "open_set_validation": art.openset}
+    kt = (role == "known") & (split == "test")
+    ut = (role == "unknown") & (split == "test")
+    for part, m in (("val", kv), ("test", kt)):
+        if m.any():
+            proba = model.predict_proba(X[m])[TASK]
+            metrics[f"closed_set_{part}"] = closed_set_metrics(proba, y[m], len(labels))
+            metrics[f"nearest_centroid_{part}"] = closed_set_metrics(nearest_centroid_scores(X[m], centroids), y[m], len(labels))
+    if kt.any() or ut.any():
+        metrics["open_set_test"] = {
+            "rule": openset.evaluate_rule(model, TASK, cal.rule, X[kt], y[kt], X[ut], centroids=centroids),
+            "auroc_by_method": {
+                meth: round(openset.auroc(s_k, s_u), 4)
+                for meth, s_k in openset.model_known_scores(model, TASK, X[kt], centroids).items()
+                for s_u in [openset.model_known_scores(model, TASK, X[ut], centroids)[meth]]
+            } if kt.any() and ut.any() else {},
+            "predict": predictor_rates(model, X[kt], y[kt], X[ut]),
+        }
+    art.metrics = metrics
+    return art
+
+
+def artist_task_from_manifest(
+    df,
+    backbone: str = "clip-vit-b16",
+    *,
+    store_root=None,
+    progress: bool = False,
+    workers: int = 2,
+    **kw,
+) -> tuple[ArtistTask, Any]:
+    """Embed a manifest (reusing the embedding store) and `train_artist_task` on it.
+
+    Returns `(ArtistTask, errors)`: errors is the DataFrame `path, reason` of rows left out.
+    """
+    from artlens.embed import embed_manifest, get_encoder
+
+    encoder = get_encoder(backbone)
+    vectors, ok, errors = embed_manifest(df, encoder, store_root=store_root, progress=progress, workers=workers)[:3]
+    bb = {"name": backbone, "feature_dim": int(encoder.dim), "backbone_id": encoder.backbone_id}
+    return train_artist_task(df, vectors, ok, backbone=bb, **kw), errors
+
+
+def with_artist_task(model, df, **kw) -> tuple[Any, ArtistTask]:
+    """One call for a shipped model: `(model + artist head + unknown rule, the ArtistTask)`.
+
+    >>> model, art = with_artist_task(ArtModel.load(d), manifest, min_per_class=40)
+    >>> model.save(d); art.metrics["open_set_test"]
+
+    The head reads the model's backbone embeddings (from the store when present); `kw` go to
+    `train_artist_task` (e.g. `fractions=(0.8, 0.2, 0.0)` to train on every known painting but the
+    validation ones once the numbers are known).
+    """
+    art, _ = artist_task_from_manifest(df, model.backbone_name, **kw)
+    return add_artist_task(model, art), art

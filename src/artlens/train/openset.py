@@ -1,0 +1,297 @@
+"""Open-set rules: is this painting by one of the classes a head knows at all?
+
+A head trained on 25 artists names one of them for any painting; an open-set rule sends paintings
+that look like none of them to `unknown artist`. Each method gives a *known score* per image
+(higher = more like a known class), and a rule keeps the head's answer when the score is at or
+above a threshold. The rules produced here are exactly the ones `artlens.predict._open_set_reject`
+applies, in the form stored in `TaskConfig.unknown`:
+
+| method     | known score                                   | rule rejects when          |
+|------------|-----------------------------------------------|----------------------------|
+| `max_prob` | top softmax probability (temperature applied) | prob < threshold           |
+| `energy`   | T * logsumexp(z / T) of the raw logits        | energy (= -score) > threshold |
+| `centroid` | max cosine to the classes' embedding centroids | cosine < threshold        |
+
+The centroid rule needs its centroids in the model as the tensor `openset.<task>.centroids`.
+Thresholds are chosen on validation data that holds out whole classes (unknown artists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+METHODS = ("max_prob", "energy", "centroid")
+DEFAULT_LABEL = "unknown artist"
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def class_centroids(features: np.ndarray, y: Sequence[int], n_classes: int) -> np.ndarray:
+    """`(n_classes, dim)` unit vectors: the mean direction of each class's (L2-normalised) embeddings."""
+    x = l2n(features)
+    y = np.asarray(y, dtype=np.int64)
+    out = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+    for c in range(n_classes):
+        members = x[y == c]
+        if len(members) == 0:
+            raise ValueError(f"class {c} has no training embeddings: cannot build its centroid")
+        out[c] = members.mean(axis=0)
+    return l2n(out)
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """T * logsumexp(z / T): the negative free energy (Liu et al. 2020), higher for familiar inputs."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    m = z.max(axis=1, keepdims=True)
+    return temperature * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
+
+
+def known_scores(
+    method: str,
+    *,
+    logits: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    energy_temperature: float = 1.0,
+) -> np.ndarray:
+    """Known score per row for one method (higher = more like a known class)."""
+    if method == "max_prob":
+        return np.asarray(probs, dtype=np.float64).max(axis=1)
+    if method == "energy":
+        return energy_score(logits, energy_temperature)
+    if method == "centroid":
+        if centroids is None:
+            raise ValueError("the centroid method needs class centroids")
+        return (l2n(features) @ l2n(centroids).T).max(axis=1).astype(np.float64)
+    raise ValueError(f"unknown open-set method {method!r} (choose from {', '.join(METHODS)})")
+
+
+def model_known_scores(model, task: str, features: np.ndarray, centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Known scores of every method for `features`, computed through the ArtModel as predict does."""
+    t = model.task(task)
+    logits = model.head_logits(features)[task]
+    probs = model.predict_proba(features)[task]
+    if centroids is None:
+        centroids = model.tensors.get(f"openset.{task}.centroids")
+    out = {}
+    for m in METHODS:
+        if m == "centroid" and centroids is None:
+            continue
+        temp = float((t.unknown or {}).get("energy_temperature", 1.0)) if m == "energy" else 1.0
+        out[m] = known_scores(m, logits=logits, probs=probs, features=features, centroids=centroids, energy_temperature=temp)
+    return out
+
+
+def rule_threshold(method: str, score_threshold: float) -> float:
+    """The threshold stored in the rule for a known-score threshold (energy rules compare -score)."""
+    return -float(score_threshold) if method == "energy" else float(score_threshold)
+
+
+def make_rule(method: str, score_threshold: float, label: str = DEFAULT_LABEL, **extra) -> dict:
+    """A `TaskConfig.unknown` rule that keeps rows whose known score is >= `score_threshold`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown open-set method {method!r}")
+    rule = {"method": method, "threshold": round(rule_threshold(method, score_threshold), 6), "label": label}
+    if method == "energy":
+        rule["energy_temperature"] = float(extra.pop("energy_temperature", 1.0))
+    rule.update(extra)
+    return rule
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """Known-vs-unknown AUROC of a known score (1 = perfect separation, 0.5 = chance)."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    y = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
+    return float(roc_auc_score(y, np.r_[known, unknown]))
+
+
+@dataclass
+class OperatingPoint:
+    """Rates of a rule at one threshold (`keep` = score >= threshold)."""
+
+    threshold: float  # in known-score space
+    known_accepted: float  # known-class paintings given a name (any name)
+    known_correct: float  # known-class paintings given their correct name
+    known_misattributed: float  # known-class paintings given a wrong known name
+    unknown_rejected: float  # unknown-class paintings called `unknown`
+    false_attribution_rate: float  # unknown-class paintings given a known name (1 - unknown_rejected)
+    n_known: int = 0
+    n_unknown: int = 0
+    criterion: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def operating_point(
+    threshold: float, known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, criterion: str = ""
+) -> OperatingPoint:
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    keep_k = known >= threshold
+    rej_u = unknown < threshold
+    nk, nu = max(len(known), 1), max(len(unknown), 1)
+    return OperatingPoint(
+        threshold=float(threshold),
+        known_accepted=float(keep_k.sum() / nk),
+        known_correct=float((keep_k & correct).sum() / nk),
+        known_misattributed=float((keep_k & ~correct).sum() / nk),
+        unknown_rejected=float(rej_u.sum() / nu),
+        false_attribution_rate=float(1.0 - rej_u.sum() / nu) if len(unknown) else float("nan"),
+        n_known=int(len(known)),
+        n_unknown=int(len(unknown)),
+        criterion=criterion,
+    )
+
+
+def _rates(cuts: np.ndarray, known: np.ndarray, correct: np.ndarray, unknown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(known correct and kept, unknown rejected) shares for every cut (keep = score >= cut)."""
+    good = np.sort(known[correct])
+    unk = np.sort(unknown)
+    kc = (len(good) - np.searchsorted(good, cuts, side="left")) / max(len(known), 1)
+    ur = np.searchsorted(unk, cuts, side="left") / max(len(unk), 1)
+    return kc, ur
+
+
+def choose_threshold(
+    known: np.ndarray,
+    correct: np.ndarray,
+    unknown: np.ndarray,
+    *,
+    target_known: float = 0.8,
+    target_unknown: float | None = None,
+) -> OperatingPoint:
+    """The threshold of a known score, chosen on validation data.
+
+    `known`/`correct`: scores of known-class paintings and whether the head names them correctly;
+    `unknown`: scores of paintings by held-out classes. Cuts lie half-way between neighbouring
+    scores (never on a sample). In order of preference:
+
+    1. `both`: when a cut keeps >= `target_known` of the known paintings with their correct name
+       *and* rejects >= `target_unknown` of the unknown ones, the cut with the largest margin over
+       both targets (max of min(slack_known, slack_unknown)): the most robust to a new sample;
+    2. `known`: among cuts that meet `target_known`, the one maximising known-correct + unknown-
+       rejected (ties: the middle one), so no threshold is raised further than rejection repays;
+    3. `balanced`: when even the head's accuracy is under `target_known`, the same sum over all cuts.
+    """
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if len(known) == 0:
+        raise ValueError("choosing a threshold needs known-class validation paintings")
+    s = np.unique(np.r_[known, unknown])
+    span = max(float(s[-1] - s[0]), 1e-6)
+    cuts = np.r_[s[0] - 1e-3 * span, (s[1:] + s[:-1]) / 2, s[-1] + 1e-3 * span]
+    kc, ur = _rates(cuts, known, correct, unknown)
+    eps = 1e-9
+    if target_unknown is not None and len(unknown):
+        both = (kc >= target_known - eps) & (ur >= target_unknown - eps)
+        if both.any():
+            margin = np.where(both, np.minimum(kc - target_known, ur - target_unknown), -np.inf)
+            i = _middle(np.flatnonzero(margin >= margin.max() - eps))
+            return operating_point(float(cuts[i]), known, correct, unknown,
+                                   criterion=f"both: known_correct>={target_known:g}, unknown_rejected>={target_unknown:g}")
+    feasible = kc >= target_known - eps
+    total = kc + ur
+    if feasible.any():
+        total = np.where(feasible, total, -np.inf)
+        crit = f"known: known_correct>={target_known:g}, max known_correct+unknown_rejected"
+    else:
+        crit = "balanced: max known_correct+unknown_rejected"
+    i = _middle(np.flatnonzero(total >= total.max() - eps))
+    return operating_point(float(cuts[i]), known, correct, unknown, criterion=crit)
+
+
+def _middle(idx: np.ndarray) -> int:
+    return int(idx[len(idx) // 2])
+
+
+@dataclass
+class OpenSetCalibration:
+    """What `calibrate` found: per-method AUROC and operating point, the chosen rule and its tensors."""
+
+    method: str
+    rule: dict
+    tensors: dict[str, np.ndarray]
+    methods: dict[str, dict] = field(default_factory=dict)  # method -> {"auroc", "operating_point"}
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "rule": self.rule, "methods": self.methods}
+
+
+def calibrate(
+    model,
+    task: str,
+    known_features: np.ndarray,
+    known_y: np.ndarray,
+    unknown_features: np.ndarray,
+    *,
+    centroids: np.ndarray | None = None,
+    methods: Sequence[str] = METHODS,
+    target_known: float = 0.8,
+    target_unknown: float | None = 0.8,
+    label: str = DEFAULT_LABEL,
+    select_by: str = "auroc",
+) -> OpenSetCalibration:
+    """Compare the open-set methods on validation data and return the best one's rule.
+
+    `known_features`/`known_y`: validation paintings of the head's classes (y indexes its labels);
+    `unknown_features`: validation paintings of classes the head never saw (whole artists held out).
+    `select_by` is `auroc` (threshold-free separation) or `unknown_rejected` (rejection at the
+    chosen threshold). Scores run through `model` exactly as `Predictor` computes them.
+    """
+    if len(unknown_features) == 0:
+        raise ValueError("open-set calibration needs validation paintings of unknown classes")
+    if centroids is not None:
+        centroids = l2n(centroids)
+    known_y = np.asarray(known_y, dtype=np.int64)
+    pred = model.predict_proba(known_features)[task].argmax(axis=1)
+    correct = pred == known_y
+    sk = model_known_scores(model, task, known_features, centroids)
+    su = model_known_scores(model, task, unknown_features, centroids)
+    results: dict[str, dict] = {}
+    for m in methods:
+        if m not in sk:
+            continue
+        op = choose_threshold(sk[m], correct, su[m], target_known=target_known, target_unknown=target_unknown)
+        results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
+    if not results:
+        raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
+
+    def key(m: str) -> tuple:
+        r = results[m]
+        op = r["operating_point"]
+        return (r["auroc"], op["unknown_rejected"]) if select_by == "auroc" else (op["unknown_rejected"], r["auroc"])
+
+    best = max(results, key=key)
+    rule = make_rule(best, results[best]["operating_point"]["threshold"], label=label)
+    tensors = {f"openset.{task}.centroids": centroids.astype(np.float32)} if best == "centroid" else {}
+    return OpenSetCalibration(method=best, rule=rule, tensors=tensors, methods=results)
+
+
+def evaluate_rule(
+    model,
+    task: str,
+    rule: dict,
+    known_features: np.ndarray,
+    known_y: np.ndarray,
+    unknown_features: np.ndarray,
+    centroids: np.ndarray | None = None,
+) -> dict:
+    """Open-set numbers of a rule on (test) data: AUROC of its score and the rates at its threshold."""
+    method = rule["method"]
+    sk = model_known_scores(model, task, known_features, centroids)[method]
+    su = model_known_scores(model, task, unknown_features, centroids)[method] if len(unknown_features) else np.zeros(0)
+    correct = model.predict_proba(known_features)[task].argmax(axis=1) == np.asarray(known_y)
+    thr = -float(rule["threshold"]) if method == "energy" else float(rule["threshold"])
+    op = operating_point(thr, sk, correct, su, criterion="rule")
+    return {"method": method, "auroc": round(auroc(sk, su), 6), **op.as_dict()}

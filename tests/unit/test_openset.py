@@ -1,0 +1,198 @@
+"""Artist task and open-set rules on synthetic embeddings (clusters): thresholds, rules, split, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from artlens.models.artmodel import ArtModel
+from artlens.predict import Predictor, _open_set_reject
+from artlens.train import openset
+from artlens.train.artist import (
+    ROLE_COL,
+    SPLIT_COL,
+    add_artist_task,
+    artist_from_filename,
+    open_set_split,
+    slug_to_name,
+    train_artist_task,
+)
+
+DIM = 24
+
+
+def _clusters(n_known=6, n_unknown=8, per_known=40, per_unknown=12, spread=1.3, seed=0):
+    """A WikiArt-like manifest (`<slug>_<title>.jpg`) and unit vectors clustered by artist."""
+    rng = np.random.default_rng(seed)
+    rows, vecs = [], []
+    for a in range(n_known + n_unknown):
+        n = per_known if a < n_known else per_unknown
+        centre = rng.normal(size=DIM)
+        centre /= np.linalg.norm(centre)
+        for i in range(n):
+            v = centre + spread * rng.normal(size=DIM) / np.sqrt(DIM)
+            rows.append({"path": f"/data/Style/artist-{a:02d}_work-{i}.jpg", "sha256": f"{a:02d}{i:062d}"})
+            vecs.append(v / np.linalg.norm(v))
+    return pd.DataFrame(rows), np.asarray(vecs, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    import torch
+
+    torch.set_num_threads(1)
+    df, X = _clusters()
+    art = train_artist_task(df, X, min_per_class=40, backbone={"name": "synthetic"}, threads=1,
+                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    return df, X, art
+
+
+# ----------------------------------------------------------------------------- labels and split
+def test_slug_names_and_file_names():
+    assert slug_to_name("claude-monet") == "Claude Monet"
+    assert slug_to_name("vincent-van-gogh") == "Vincent van Gogh"
+    assert slug_to_name("rembrandt") == "Rembrandt"
+    assert artist_from_filename("/x/Impressionism/claude-monet_water-lilies-1916.jpg") == "claude-monet"
+    assert artist_from_filename("/x/untitled.jpg") is None
+
+
+def test_split_holds_out_whole_artists_and_counts_duplicates_once():
+    df, _ = _clusters(n_known=3, n_unknown=6, per_known=40, per_unknown=10)
+    # artist-00's first work filed twice (same bytes under another style) and an AI image "by" it
+    dup = df.iloc[[0]].assign(path="/data/Other/artist-00_work-0.jpg")
+    ai = pd.DataFrame([{"path": "/ai/artist-01_fake.jpg", "sha256": "f" * 64, "origin": "ai"}])
+    df = pd.concat([df.assign(origin="human"), dup.assign(origin="human"), ai], ignore_index=True)
+    sp = open_set_split(df, min_per_class=40, fractions=(0.6, 0.2, 0.2), seed=1)
+    f = sp.frame
+    assert sp.known == ["Artist 00", "Artist 01", "Artist 02"]
+    assert len(sp.kept_out) == 6 and set(sp.kept_out.values()) == {10}
+    assert len(f) == 3 * 40 + 6 * 10  # duplicate counted once, the AI image left out
+    known = f[f[ROLE_COL] == "known"]
+    for _, g in known.groupby("artist_label"):  # every known artist in all three parts, by painting
+        assert g[SPLIT_COL].value_counts().to_dict() == {"train": 24, "val": 8, "test": 8}
+    unk = f[f[ROLE_COL] == "unknown"]
+    assert unk.groupby("artist_label")[SPLIT_COL].nunique().max() == 1  # never on both sides
+    assert set(unk[SPLIT_COL]) == {"val", "test"}
+    counts = sp.counts()
+    assert counts["unknown_val_artists"] + counts["unknown_test_artists"] == 6
+
+
+def test_split_refuses_too_few_known_artists():
+    df, _ = _clusters(n_known=1, n_unknown=3, per_known=40, per_unknown=5)
+    with pytest.raises(ValueError, match="only 1 artist"):
+        open_set_split(df, min_per_class=40)
+
+
+# ----------------------------------------------------------------------------- thresholds and rules
+def test_choose_threshold_criteria():
+    known = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    correct = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool)
+    unknown = np.array([0.65, 0.35, 0.25, 0.15, 0.1, 0.0])
+    # Both targets reachable: the cut with the largest margin over both (0.375: 6/10 correct kept,
+    # 5/6 unknown rejected; margins 0.1 and 0.33 -> 0.1; at 0.45 only 0.0 for the unknowns)
+    op = openset.choose_threshold(known, correct, unknown, target_known=0.5, target_unknown=0.5)
+    assert op.criterion.startswith("both")
+    assert op.known_correct >= 0.5 and op.unknown_rejected >= 0.5
+    kc = lambda c: (correct & (known >= c)).mean()  # noqa: E731
+    ur = lambda c: (unknown < c).mean()  # noqa: E731
+    grid = np.linspace(-0.1, 1.0, 1101)
+    best_margin = max(min(kc(c) - 0.5, ur(c) - 0.5) for c in grid)
+    assert min(op.known_correct - 0.5, op.unknown_rejected - 0.5) == pytest.approx(best_margin)
+    assert op.false_attribution_rate == pytest.approx(1 - op.unknown_rejected)
+    # Known target only: the best sum among cuts keeping >= 60% correct; never above a sample
+    op = openset.choose_threshold(known, correct, unknown, target_known=0.6)
+    assert op.criterion.startswith("known") and op.known_correct >= 0.6
+    assert op.known_correct + op.unknown_rejected == pytest.approx(max(kc(c) + ur(c) for c in grid if kc(c) >= 0.6))
+    assert op.threshold not in set(known) | set(unknown)
+    # Unreachable known target (accuracy 0.8 < 0.9): the balanced optimum over all cuts
+    op = openset.choose_threshold(known, correct, unknown, target_known=0.9, target_unknown=0.9)
+    assert op.criterion.startswith("balanced")
+    assert op.known_correct + op.unknown_rejected == pytest.approx(max(kc(c) + ur(c) for c in grid))
+
+
+def test_separable_scores_get_a_cut_in_the_gap():
+    known = np.linspace(0.6, 1.0, 50)
+    unknown = np.linspace(0.0, 0.4, 50)
+    op = openset.choose_threshold(known, np.ones(50, bool), unknown, target_known=0.8, target_unknown=0.8)
+    assert 0.4 < op.threshold < 0.6  # not pushed up to the 80% quantile of the known scores
+    assert op.known_correct == 1.0 and op.unknown_rejected == 1.0
+
+
+def test_auroc_orders_known_above_unknown():
+    assert openset.auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert openset.auroc(np.array([0.1, 0.2]), np.array([0.9, 0.8])) == 0.0
+
+
+@pytest.mark.parametrize("method", openset.METHODS)
+def test_rules_reject_exactly_what_predict_rejects(method):
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(4, 8)).astype(np.float32)
+    cents = openset.l2n(rng.normal(size=(4, 8)))
+    cfg = {"format": "artlens-model", "version": 1, "mode": "probe", "backbone": {"name": "x", "feature_dim": 8},
+           "tasks": [{"name": "artist", "labels": list("abcd"), "temperature": 1.7}]}
+    model = ArtModel(cfg, {"heads.artist.0.weight": w, "heads.artist.0.bias": np.zeros(4, np.float32),
+                           "openset.artist.centroids": cents})
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    scores = openset.model_known_scores(model, "artist", X)[method]
+    cut = float(np.median(scores))
+    model.task("artist").unknown = openset.make_rule(method, cut)
+    logits = model.head_logits(X)["artist"]
+    probs = model.predict_proba(X)["artist"]
+    rejected = _open_set_reject(model, model.task("artist"), X, logits, probs)
+    np.testing.assert_array_equal(rejected, scores < cut)
+    assert 80 < rejected.sum() < 120
+
+
+# ----------------------------------------------------------------------------- the whole task
+def test_trained_head_names_known_artists_and_rejects_unknown_ones(trained):
+    _, _, art = trained
+    m = art.metrics
+    assert art.labels == [f"Artist {i:02d}" for i in range(6)]
+    assert m["split"]["known_artists"] == 6 and m["split"]["kept_out_artists"] == 8
+    assert m["closed_set_test"]["accuracy"] >= 0.9
+    assert m["nearest_centroid_test"]["accuracy"] >= 0.9
+    val = m["open_set_validation"]
+    assert set(val["methods"]) == set(openset.METHODS)
+    assert val["method"] == max(val["methods"], key=lambda k: val["methods"][k]["auroc"])
+    assert art.task.unknown["method"] == val["method"] and art.task.unknown["label"] == "unknown artist"
+    test = m["open_set_test"]
+    # Unknown artists form clusters of their own: closeness to the known centroids separates them best
+    # (a linear head's confidence grows with distance from its decision boundaries, not with closeness
+    # to the training paintings).
+    assert val["method"] == "centroid" and test["rule"]["auroc"] > 0.9
+    assert test["predict"]["known_correct_name"] >= 0.8
+    assert test["predict"]["unknown_called_unknown"] >= 0.8
+    assert test["predict"]["false_attribution_rate"] == pytest.approx(1 - test["predict"]["unknown_called_unknown"])
+
+
+def test_standalone_model_predicts_unknown_artist(trained, tmp_path):
+    df, X, art = trained
+    model = ArtModel.load(art.to_model().save(tmp_path / "m"))
+    assert model.task("artist").unknown == art.task.unknown
+    pred = Predictor(model, top_k=2)
+    known_row = X[df["path"].str.contains("artist-02_").to_numpy()][:1]
+    far = -X[:1]  # the opposite direction: like no artist at all
+    out = pred.predict_features(np.vstack([known_row, far]))
+    assert out[0]["artist"]["label"] == "Artist 02"
+    assert out[1]["artist"]["label"] == "unknown artist"
+
+
+def test_add_artist_task_keeps_logits_under_another_normalisation(trained):
+    _, X, art = trained
+    rng = np.random.default_rng(5)
+    cfg = {"format": "artlens-model", "version": 1, "mode": "probe", "backbone": {"name": "synthetic", "feature_dim": DIM},
+           "tasks": [{"name": "style", "labels": ["a", "b"]}]}
+    base = ArtModel(cfg, {
+        "heads.style.0.weight": rng.normal(size=(2, DIM)).astype(np.float32),
+        "heads.style.0.bias": np.zeros(2, np.float32),
+        "norm.mean": rng.normal(size=DIM).astype(np.float32),
+        "norm.std": rng.uniform(0.5, 2.0, size=DIM).astype(np.float32),
+    })
+    merged = add_artist_task(base, art)
+    assert merged.task_names == ["style", "artist"]
+    np.testing.assert_allclose(merged.head_logits(X)["artist"], art.to_model().head_logits(X)["artist"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(merged.head_logits(X)["style"], base.head_logits(X)["style"])
+    assert merged.task("artist").unknown == art.task.unknown
+    with pytest.raises(ValueError, match="trained on synthetic"):
+        add_artist_task(ArtModel({**cfg, "backbone": {"name": "other", "feature_dim": DIM}}, base.tensors), art)

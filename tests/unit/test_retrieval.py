@@ -1,0 +1,256 @@
+"""FAISS retrieval on synthetic vectors; the CLI with a small stand-in encoder over generated images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from artlens.embed import Encoder, l2_normalize
+from artlens.retrieval import FaissIndex, RetrievalError, contact_sheet, similar
+from artlens.retrieval.index import check_encoder
+
+DIM = 32
+
+
+def clusters(n=600, k=6, dim=DIM, noise=0.6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim))
+    labels = rng.integers(0, k, n)
+    x = (centres[labels] + noise * rng.normal(size=(n, dim))).astype(np.float32)
+    rows = pd.DataFrame(
+        {
+            "path": [f"/art/{i}.jpg" for i in range(n)],
+            "style": [f"style{l}" for l in labels],
+            "artist": [None if i % 3 else f"artist{i % 7}" for i in range(n)],
+            "sha256": [f"{i:064x}" for i in range(n)],
+        }
+    )
+    return x, rows, labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clusters()
+
+
+@pytest.fixture(scope="module")
+def flat(data):
+    x, rows, _ = data
+    return FaissIndex.build(x, rows, backbone="toy", backbone_id="toy-1")
+
+
+def test_exact_cosine_and_order(flat, data):
+    x, rows, _ = data
+    q = x[10] + 0.3
+    got = flat.neighbours(q, 8)
+    xn = l2_normalize(x)
+    cos = xn @ (q / np.linalg.norm(q))
+    best = np.argsort(-cos)[:8]
+    assert [n.id for n in got] == best.tolist()
+    np.testing.assert_allclose([n.similarity for n in got], cos[best], atol=1e-5)
+    assert [n.rank for n in got] == list(range(1, 9))
+
+
+def test_neighbours_share_the_cluster_and_carry_rows(flat, data):
+    x, rows, labels = data
+    hits = 0
+    for i in range(0, 600, 20):
+        ns = flat.neighbours(x[i], 5, exclude={i})
+        assert i not in [n.id for n in ns] and len(ns) == 5
+        hits += sum(n.labels["style"] == f"style{labels[i]}" for n in ns)
+    assert hits / (30 * 5) > 0.9
+    n = flat.neighbours(x[3], 1)[0]
+    assert n.path == "/art/3.jpg" and n.sha256 == rows.sha256[3] and n.labels["artist"] == "artist3"
+    assert "artist" not in flat.neighbours(x[1], 1)[0].labels  # missing labels are left out
+
+
+def test_duplicates_marked_or_excluded(flat, data):
+    x, rows, _ = data
+    ns = flat.neighbours(x[5] * 3.0, 3)  # same direction: cosine 1
+    assert ns[0].id == 5 and ns[0].duplicate and ns[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert not ns[1].duplicate
+    # same bytes (sha256) count as duplicates even when the vectors differ (another encoder run)
+    ns = flat.neighbours(x[5] + 0.2, 3, query_sha256=rows.sha256[7])
+    assert {n.id for n in ns if n.duplicate} <= {5, 7}
+    marked = [n for n in flat.neighbours(x[7], 600, query_sha256=rows.sha256[7]) if n.duplicate]
+    assert 7 in [n.id for n in marked]
+    ns = flat.neighbours(x[5], 4, exclude_duplicates=True)
+    assert len(ns) == 4 and 5 not in [n.id for n in ns] and not any(n.duplicate for n in ns)
+
+
+def test_save_load_round_trip(flat, data, tmp_path):
+    x, rows, _ = data
+    flat.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["backbone_id"] == "toy-1" and meta["count"] == 600 and meta["kind"] == "flat"
+    again = FaissIndex.load(tmp_path / "idx")
+    assert len(again) == 600 and again.backbone == "toy" and again.dim == DIM
+    assert again.rows["path"].tolist() == rows["path"].tolist()
+    a = [(n.id, round(n.similarity, 5)) for n in flat.neighbours(x[42], 6)]
+    b = [(n.id, round(n.similarity, 5)) for n in again.neighbours(x[42], 6)]
+    assert a == b
+    assert not list((tmp_path / "idx").glob("*.tmp"))
+
+
+def test_hnsw_above_threshold_agrees_with_exact(data, tmp_path):
+    x, rows, _ = data
+    h = FaissIndex.build(x, rows, kind="auto", hnsw_threshold=100)
+    assert h.kind == "hnsw"
+    h.save(tmp_path / "h")
+    h = FaissIndex.load(tmp_path / "h")
+    assert h.index.hnsw.efSearch >= 64
+    exact = FaissIndex.build(x, rows)
+    assert exact.kind == "flat"
+    recall = np.mean(
+        [len({n.id for n in h.neighbours(x[i], 10)} & {n.id for n in exact.neighbours(x[i], 10)}) / 10 for i in range(0, 600, 15)]
+    )
+    assert recall > 0.9
+
+
+def test_bad_inputs_and_damaged_dirs(flat, data, tmp_path):
+    x, rows, _ = data
+    with pytest.raises(RetrievalError, match="dimension"):
+        flat.neighbours(np.ones(DIM + 1), 3)
+    bad = x.copy()
+    bad[4] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        FaissIndex.build(bad, rows)
+    with pytest.raises(ValueError, match="rows"):
+        FaissIndex.build(x, rows.iloc[:10])
+    with pytest.raises(ValueError, match="kind"):
+        FaissIndex.build(x, rows, kind="ivf-magic")
+    with pytest.raises(RetrievalError, match="not an index"):
+        FaissIndex.load(tmp_path)
+    flat.save(tmp_path / "a")
+    rows.iloc[:10].to_parquet(tmp_path / "a" / "rows.parquet")  # rows from another run
+    with pytest.raises(RetrievalError, match="600 vectors"):
+        FaissIndex.load(tmp_path / "a")
+    flat.save(tmp_path / "b")
+    (tmp_path / "b" / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(RetrievalError, match="index.faiss"):
+        FaissIndex.load(tmp_path / "b")
+
+
+def test_k_larger_than_index_and_mixed_type_rows(tmp_path):
+    x, rows, _ = clusters(n=4)
+    rows["year"] = [1900, "c. 1910", None, 1920]  # mixed object column must still save
+    idx = FaissIndex.build(x, rows)
+    assert len(idx.neighbours(x[0], 50)) == 4
+    idx.save(tmp_path / "i")
+    assert FaissIndex.load(tmp_path / "i").rows["year"].tolist()[1] == "c. 1910"
+
+
+class PixelEncoder(Encoder):
+    """Stand-in encoder: a 4x4 thumbnail as the vector (similar pictures -> similar vectors)."""
+
+    name = "pixels"
+    dim = 48
+
+    def __init__(self, backbone_id="pixels-test-1"):
+        self.backbone_id = backbone_id
+        self.preprocess = _pixels
+
+    def embed_batch(self, batch):
+        return l2_normalize(np.asarray(batch, np.float32).reshape(len(batch), -1))
+
+
+def _pixels(img):
+    small = img.convert("RGB").resize((4, 4), Image.Resampling.BILINEAR)
+    return (np.asarray(small, np.float32) / 255.0 - 0.5).transpose(2, 0, 1).copy()
+
+
+def _gallery(tmp_path, image_factory):
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    rows = []
+    for style, colour in colours.items():
+        for j in range(4):
+            p = image_factory(f"gallery/{style}/{j}.png", size=(40, 32), color=colour, seed=10 * j + len(style))
+            rows.append({"path": str(p), "style": style})
+    return pd.DataFrame(rows)
+
+
+def test_similar_with_image_queries_and_sheet(tmp_path, image_factory):
+    from artlens.embed import embed_manifest
+
+    df = _gallery(tmp_path, image_factory)
+    enc = PixelEncoder()
+    vectors, ok = embed_manifest(df, enc, store_root=tmp_path / "store", workers=0, progress=False)[:2]
+    idx = FaissIndex.build(vectors[ok], df[ok], backbone="pixels", backbone_id=enc.backbone_id)
+    query = df.path[5]  # a blue one: same file -> duplicate by sha256, other blues next
+    ns = similar(idx, query, k=4, encoder=enc)
+    assert ns[0].path == query and ns[0].duplicate
+    assert [n.labels["style"] for n in ns[1:]] == ["blue"] * 3
+    ns = similar(idx, Image.open(query), k=3, encoder=enc, exclude_duplicates=True)
+    assert query not in [n.path for n in ns]
+    with pytest.raises(RetrievalError, match="pixels-test-1"):
+        check_encoder(idx, PixelEncoder("another-backbone"))
+
+    missing = ns[:2] + [ns[2].__class__(3, 0, 0.5, str(tmp_path / "gone.png"), None, {"style": "red"}, False)]
+    sheet = contact_sheet(Image.open(query), missing, query_caption="q.png", thumb=64)
+    assert sheet.width > 4 * 64 and sheet.height > 64
+    arr = np.asarray(sheet)
+    # the query tile comes first (top-left), showing the query's blue
+    tile = arr[14:60, 14:60].reshape(-1, 3)
+    assert (tile[:, 2].astype(int) - tile[:, 0]).mean() > 60
+
+
+def test_cli_index_and_similar(tmp_path, image_factory, monkeypatch):
+    from typer.testing import CliRunner
+
+    import artlens.embed
+    import artlens.embed.extract
+    from artlens.cli import app
+
+    from artlens.data.manifest import scan, write_manifest
+
+    df = _gallery(tmp_path, image_factory)
+    write_manifest(scan(tmp_path / "gallery", workers=0).manifest, tmp_path / "manifest.parquet")
+    enc = PixelEncoder()
+    fake = lambda name, backbone_state=None, device="cpu": enc  # noqa: E731
+    monkeypatch.setattr(artlens.embed, "get_encoder", fake)
+    monkeypatch.setattr(artlens.embed.extract, "get_encoder", fake)
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    res = runner.invoke(app, ["index", str(tmp_path / "manifest.parquet"), "--backbone", "pixels", "--store", str(tmp_path / "s"), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["count"] == 12
+    sheet = tmp_path / "sheet.png"
+    res = runner.invoke(app, ["similar", str(out), df.path[9], "-k", "3", "--json", "--sheet", str(sheet)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["neighbours"][0]["path"] == df.path[9] and got["neighbours"][0]["duplicate"]
+    assert [n["labels"]["style"] for n in got["neighbours"]] == ["green"] * 3
+    assert Image.open(sheet).width > 3 * 100
+    assert json.loads(sheet.with_suffix(".json").read_text())["query"] == df.path[9]
+    # a broken query file: error naming it, exit code 1
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    res = runner.invoke(app, ["similar", str(out), str(bad)])
+    assert res.exit_code == 1 and "bad.jpg" in res.output
+    # an index from another backbone is refused
+    monkeypatch.setattr(artlens.embed, "get_encoder", lambda *a, **k: PixelEncoder("other"))
+    res = runner.invoke(app, ["similar", str(out), df.path[0]])
+    assert res.exit_code == 1 and "rebuild the index" in res.output
+    # an image folder is scanned into a manifest (labels from the folder names)
+    monkeypatch.setattr(artlens.embed, "get_encoder", fake)
+    res = runner.invoke(app, ["index", str(tmp_path / "gallery"), "--store", str(tmp_path / "s"), "--out", str(tmp_path / "idx2")])
+    assert res.exit_code == 0, res.output
+    assert sorted(FaissIndex.load(tmp_path / "idx2").rows["style"].unique()) == ["blue", "green", "red"]
+
+
+def test_near_duplicates_by_phash(data):
+    x, rows, _ = data
+    rows = rows.assign(phash=[f"{(i * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}" for i in range(len(rows))])
+    idx = FaissIndex.build(x, rows)
+    rng = np.random.default_rng(5)
+    q = x[9] + 0.25 * np.linalg.norm(x[9]) / np.sqrt(DIM) * rng.normal(size=DIM).astype(np.float32)
+    top = idx.neighbours(q, 1)[0]
+    assert top.id == 9 and 0.9 < top.similarity < 0.99 and not top.duplicate
+    close = f"{int(rows.phash[9], 16) ^ 0b1011:016x}"  # 3 bits off: a re-encoded copy
+    assert idx.neighbours(q, 1, query_phash=close)[0].duplicate
+    far = f"{int(rows.phash[9], 16) ^ 0xFFFF:016x}"
+    assert not idx.neighbours(q, 1, query_phash=far)[0].duplicate

@@ -1,0 +1,56 @@
+"""`artlens train` end to end in probe mode on generated images with fake embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from artlens.cli import app
+from tests.unit.test_train_finetune import TinySpec, make_dataset
+
+
+@pytest.fixture
+def fake_embeddings(monkeypatch):
+    """Features = mean colour of each image + noise (no encoder needed)."""
+    import artlens.train.probe as probe
+    from artlens.data.images import load_image
+
+    def embed_rows(prepared, recipe, progress=True):
+        rng = np.random.default_rng(0)
+        feats = []
+        for p in prepared.df["path"]:
+            arr = np.asarray(load_image(p), dtype=np.float32) / 255
+            feats.append(np.concatenate([arr.mean((0, 1)), rng.normal(size=5) * 0.01]))
+        return np.asarray(feats, np.float32), prepared, None, None
+
+    monkeypatch.setattr(probe, "embed_rows", embed_rows)
+    monkeypatch.setattr(probe, "_spec", lambda name: TinySpec())
+
+
+def test_train_probe_cli_json_and_overrides(tmp_path, fake_embeddings):
+    from artlens.models.artmodel import ArtModel
+
+    data = make_dataset(tmp_path / "data", per_class=10)
+    out = tmp_path / "model"
+    res = CliRunner().invoke(app, [
+        "train", "--mode", "probe", "--data", str(data), "--tasks", "style", "--out", str(out), "--json",
+        "--set", "probe.candidates=[{type: linear, weight_decay: [0.01, 0.1]}]", "--set", "data.split.test=0.2",
+    ])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["model_dir"] == str(out) and payload["mode"] == "probe"
+    assert payload["metrics"]["val"]["style"]["accuracy"] >= 0.75  # redder vs bluer images
+    model = ArtModel.load(out)
+    assert model.config["recipe"]["probe"]["candidates"] == [{"type": "linear", "weight_decay": [0.01, 0.1]}]
+    assert model.config["recipe"]["data"]["split"]["test"] == 0.2
+    assert "norm.mean" in model.tensors
+
+
+def test_train_cli_errors_are_one_line_and_exit_1(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--set", "finetune.optimizer.name=lion"])
+    assert res.exit_code == 1 and "optimizer.name" in res.output
+    res = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "not found" in res.output

@@ -1,0 +1,77 @@
+"""From recipe sources to labelled, split rows: scanning, label filling, joint labels, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from artlens.train.config import load_recipe
+from artlens.train.data import assign_splits, prepare, task_values
+from tests.conftest import make_image
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    for style in ("Baroque", "Cubism"):
+        for i in range(6):
+            make_image(tmp_path / "paint" / style / f"{style}_{i}.jpg", size=(32, 32), seed=hash((style, i)) % 1000)
+    for i in range(4):
+        make_image(tmp_path / "ai" / "Cubism" / f"gen_{i}.png", size=(32, 32), seed=500 + i)
+    return tmp_path
+
+
+def test_prepare_fills_labels_builds_joint_and_splits(two_sets):
+    recipe = load_recipe(None, {
+        "tasks": "style,origin+style",
+        "data.sources": [{"path": str(two_sets / "paint"), "labels": {"origin": "human"}},
+                         {"path": str(two_sets / "ai"), "labels": {"origin": "ai"}}],
+        "data.split": {"val": 0.2, "test": 0.2, "seed": 0, "group": None, "resplit": False},
+    })
+    p = prepare(recipe, progress=False)
+    assert len(p.df) == 16 and set(p.df["split"]) == {"train", "val", "test"}
+    assert p.tasks[0]["labels"] == ["Baroque", "Cubism"]
+    joint = p.tasks[1]["labels"]
+    assert set(joint) <= {"human_Baroque", "human_Cubism", "ai_Cubism"} and "human_Cubism" in joint
+    # every labelled row gets a target, in the train label order
+    assert (p.targets["style"] >= 0).all()
+    ai = p.df["origin"].to_numpy() == "ai"
+    names = np.array(joint)[p.targets["origin+style"][ai & (p.targets["origin+style"] >= 0)]]
+    assert set(names) <= {"ai_Cubism"}
+    # a second call reuses the cached manifests (same result)
+    p2 = prepare(recipe, progress=False)
+    assert p2.df["path"].tolist() == p.df["path"].tolist()
+
+
+def test_task_values_joint_is_null_when_a_part_is_missing():
+    df = pd.DataFrame({"origin": ["ai", None, "human"], "style": ["Cubism", "Baroque", None]})
+    assert task_values(df, "origin+style").tolist() == ["ai_Cubism", None, None]
+    with pytest.raises(KeyError, match="genre"):
+        task_values(df, "genre")
+
+
+def test_splits_keep_duplicates_together_and_stratify():
+    n = 60
+    df = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(n)],
+                       "sha256": [f"{i // 2:064x}" for i in range(n)],  # pairs of exact duplicates
+                       "phash": [None] * n})
+    strata = ["a" if i < 40 else "b" for i in range(n)]
+    split = assign_splits(df, strata, val=0.2, test=0.2, seed=0)
+    for i in range(0, n, 2):
+        assert split[i] == split[i + 1]
+    for s in ("a", "b"):
+        parts = [split[i] for i in range(n) if strata[i] == s]
+        assert {"train", "val", "test"} <= set(parts)
+    assert (assign_splits(df, strata, 0.2, 0.2, seed=0) == split).all()  # seeded
+
+
+def test_unseen_labels_are_masked_with_a_note(two_sets):
+    from artlens.train.data import encode_targets
+
+    df = pd.DataFrame({"style": ["a", "a", "b", "b", "c", None], "split": ["train"] * 4 + ["val", "val"]})
+    tasks, targets, notes = encode_targets(df, [{"name": "style", "column": "style", "min_count": 1}])
+    assert tasks[0]["labels"] == ["a", "b"]
+    assert targets["style"].tolist() == [0, 0, 1, 1, -1, -1]
+    assert notes and "1 rows" in notes[0]
+    with pytest.raises(ValueError, match="no row of the data carries a label"):
+        prepare(load_recipe(None, {"data.sources": [str(two_sets / "paint")], "tasks": "genre"}), progress=False)

@@ -1,0 +1,231 @@
+"""Fine-tune mode on tiny generated images: checkpoints, logs, export, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[2]
+
+
+class TinySpec:
+    name = "tiny"
+    feature_dim = 8
+    input_size = 32
+    resize_size = 32
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    interpolation = "bilinear"
+    weights_id = None
+
+
+def tiny_backbone(*_, **__):
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 4, 3, stride=2, padding=1), bn1=nn.BatchNorm2d(4), relu=nn.ReLU(),
+        layer1=nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU()),
+        pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
+    ))
+
+
+PATCH = """
+import artlens.train.finetune as ft
+from tests.unit.test_train_finetune import TinySpec, tiny_backbone
+ft._create_backbone = tiny_backbone
+ft._get_spec = lambda name: TinySpec()
+"""
+
+
+@pytest.fixture
+def tiny_backbone_registry(monkeypatch):
+    import artlens.train.finetune as ft
+
+    monkeypatch.setattr(ft, "_create_backbone", tiny_backbone)
+    monkeypatch.setattr(ft, "_get_spec", lambda name: TinySpec())
+
+
+def make_dataset(root: Path, per_class: int = 12) -> Path:
+    """Random 32x32 images (no two near-duplicates); class Baroque is redder, Cubism bluer."""
+    from PIL import Image
+
+    for k, c in enumerate(("Baroque", "Cubism")):
+        for i in range(per_class):
+            rng = np.random.default_rng(1000 * k + i)
+            arr = rng.integers(0, 156, size=(32, 32, 3), dtype=np.uint8)
+            arr[..., 0 if k == 0 else 2] += 100
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr, "RGB").save(root / c / f"{c}_{i}.png")
+    return root
+
+
+def recipe_for(data: Path, out: Path, **extra):
+    from artlens.train.config import load_recipe
+
+    overrides = {
+        "mode": "finetune", "backbone.name": "tiny", "backbone.pretrained": False, "tasks": "style",
+        "data.sources": [str(data)], "data.split": {"val": 0.25, "test": 0.0, "seed": 0, "group": None, "resplit": False},
+        "finetune.epochs": 2, "finetune.batch_size": 4, "finetune.num_workers": 0, "finetune.image_size": 32,
+        "finetune.augment": "flip", "finetune.progress": "none", "finetune.checkpoint_every_n_steps": 2,
+        "finetune.optimizer.lr": 0.01, "out": str(out),
+    }
+    overrides.update(extra)
+    return load_recipe(None, overrides)
+
+
+def test_finetune_writes_checkpoints_logs_and_an_equivalent_model(tmp_path, tiny_backbone_registry, caplog):
+    from artlens.models.artmodel import ArtModel
+    from artlens.train.data import prepare
+    from artlens.train.finetune import run_finetune
+
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    recipe = recipe_for(data, out)
+    prepared = prepare(recipe, progress=False)
+    # a file that breaks after the scan: skipped with its reason, the run goes on
+    broken = prepared.df.loc[prepared.df["split"] == "train", "path"].iloc[0]
+    Path(broken).write_bytes(b"not an image")
+    result = run_finetune(recipe, out, prepared=prepared)
+    assert any(broken in r.getMessage() for r in caplog.records)
+
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    csv = (out / "logs" / "csv" / "metrics.csv").read_text()
+    assert "val/macro_f1" in csv and "train/loss_epoch" in csv
+    assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert result["metrics"]["val"]["style"]["n"] == int((prepared.df["split"] == "val").sum())
+
+    model = ArtModel.load(out)
+    assert model.mode == "finetune" and model.task("style").labels == ["Baroque", "Cubism"]
+    assert model.config["preprocessing"]["input_size"] == 32
+    assert model.config["metrics"]["val"]["style"]["accuracy"] >= 0.0
+    # the exported model = the trained network: backbone from backbone.* tensors, heads in numpy
+    from artlens.train.finetune import ArtClassifier, load_checkpoint_state
+
+    net = ArtClassifier(recipe, [{"name": "style", "labels": ["Baroque", "Cubism"], "column": "style"}], 8)
+    net.load_state_dict(load_checkpoint_state(out / "checkpoints" / "best.ckpt"))
+    net.eval()
+    bb = tiny_backbone()
+    bb.load_state_dict({k: torch.from_numpy(v) for k, v in model.backbone_state().items()})
+    bb.eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(bb(x), dim=1).numpy()
+        expect = net(x)["style"].numpy()
+    assert np.allclose(model.head_logits(feats)["style"], expect, atol=1e-5)
+
+
+def test_named_freezing_and_two_phase_in_a_run(tmp_path, tiny_backbone_registry):
+    import lightning as L
+
+    from artlens.train.finetune import ArtClassifier, run_finetune
+
+    data = make_dataset(tmp_path / "data", per_class=6)
+    tasks = [{"name": "style", "labels": ["Baroque", "Cubism"], "column": "style"}]
+    named = recipe_for(data, tmp_path / "a", **{"finetune.freeze.strategy": "named", "finetune.freeze.layers": ["conv1", "bn1"]})
+    net = ArtClassifier(named, tasks, 8)
+    assert not net.backbone.conv1.weight.requires_grad and net.backbone.layer1[0].weight.requires_grad
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                seen.append(any(p.requires_grad for p in pl_module.backbone.parameters()))
+
+    two = recipe_for(data, tmp_path / "b", **{"finetune.freeze.strategy": "two_phase", "finetune.freeze.milestone": 1,
+                                             "finetune.loss.name": "focal", "finetune.loss.class_weights": "balanced",
+                                             "finetune.loss.l2": 1e-4, "finetune.optimizer.name": "rmsprop",
+                                             "finetune.scheduler.name": "step", "finetune.loggers": []})
+    run_finetune(two, tmp_path / "b", callbacks=[Probe()])
+    assert seen == [False, True]
+
+
+DRIVER = """
+import os, signal, sys, json
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads(1)
+{patch}
+import lightning as L
+from tests.unit.test_train_finetune import recipe_for
+from artlens.train.finetune import ManifestImageDataset, run_finetune
+
+log_path = {log!r}
+orig = ManifestImageDataset.__getitem__
+def logged(self, i):
+    if self.part == "train":
+        with open(log_path, "a") as fh:
+            fh.write(f"{{i}}\\n")
+    return orig(self, i)
+ManifestImageDataset.__getitem__ = logged
+
+class Kill(L.Callback):
+    def on_train_batch_end(self, trainer, *a):
+        if trainer.global_step == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch, no chance to clean up
+
+from pathlib import Path
+recipe = recipe_for(Path({data!r}), Path({out!r}))
+resume = sys.argv[1] == "resume"
+res = run_finetune(recipe, Path({out!r}), resume=resume, callbacks=[] if resume else [Kill()])
+print(json.dumps(res["metrics"]["val"]["style"]["n"]))
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    from artlens.train.finetune import EpochSampler
+
+    data = make_dataset(tmp_path / "data")  # 24 images: 18 train -> 5 batches of 4 per epoch
+    out = tmp_path / "run"
+    log = tmp_path / "seen.txt"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(repo=str(REPO), patch=PATCH, log=str(log), kill_at=3, data=str(data), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    first = subprocess.run([sys.executable, str(script), "fresh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["epoch"] == 0  # the mid-epoch checkpoint (every 2 steps)
+    log.write_text("")
+
+    second = subprocess.run([sys.executable, str(script), "resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 10 and ckpt["epoch"] == 1  # 2 epochs x 5 batches, none repeated or lost
+    # the resumed run picked up the epoch's order where the checkpoint was taken (after 2 batches)
+    seen = [int(x) for x in log.read_text().split()]
+    sampler = EpochSampler(18, seed=0)
+    assert seen[:10] == sampler.order(0)[8:] and seen[10:] == sampler.order(1)
+    # the logs continue in the same CSV: validation rows for both epochs
+    import pandas as pd
+
+    assert (out / "logs" / "csv-resume1" / "metrics.csv").is_file()
+    metrics = pd.read_csv(out / "logs" / "metrics.csv")
+    assert sorted(metrics.dropna(subset=["val/macro_f1"])["epoch"].unique().tolist()) == [0, 1]
+    assert (out / "config.json").is_file()
+
+
+def test_fresh_run_refuses_an_existing_run_and_resume_needs_one(tmp_path, tiny_backbone_registry):
+    from artlens.train.finetune import run_finetune
+
+    data = make_dataset(tmp_path / "data", per_class=4)
+    recipe = recipe_for(data, tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        run_finetune(recipe, tmp_path / "r", resume=True)
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "r" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_finetune(recipe, tmp_path / "r")
