@@ -66,11 +66,11 @@ def seed_recipe(seed: int, backbone: str, epochs: int, quick: bool) -> dict:
         "tasks": TASKS, "data.sources": sources(),
         "finetune.epochs": epochs, "finetune.batch_size": 32, "finetune.num_workers": 2,
         "finetune.augment": "standard",
-        "finetune.freeze": {"strategy": "top", "trainable_fraction": 0.5, "train_bn": False},
-        "finetune.optimizer": {"name": "adam", "lr": 3e-4, "weight_decay": 0.0},
-        "finetune.scheduler": {"name": "none"},
-        "finetune.loss": {"name": "ce", "label_smoothing": 0.1},
-        "finetune.early_stopping": {"monitor": "val/macro_f1", "mode": "max", "patience": 3},
+        "finetune.freeze.strategy": "top", "finetune.freeze.trainable_fraction": 0.5,
+        "finetune.optimizer.name": "adam", "finetune.optimizer.lr": 3e-4, "finetune.optimizer.weight_decay": 0.0,
+        "finetune.scheduler.name": "none",
+        "finetune.loss.name": "ce", "finetune.loss.label_smoothing": 0.1,
+        "finetune.early_stopping.patience": 3,
         "finetune.loggers": ["csv"], "finetune.progress": "none",
         "finetune.limit_val_batches": 2 if quick else None,
     })
@@ -209,7 +209,7 @@ def print_table(results: dict, info: dict) -> None:
           f"origin {r['origin']['train']}/{r['origin']['val']}/{r['origin']['test']}")
     names = {"seed-finetune": f"seed: {info['backbone']} fine-tuned ({info['epochs']} ep, subset)",
              "clip-probe": "artlens: CLIP ViT-B/16 + probe heads"}
-    head = (f"{'method':<44} {'task':<7} {'macro-F1':>8} {'acc %':>6} {'bal.acc %':>9} {'AUC':>6} "
+    head = (f"{'method':<52} {'task':<7} {'macro-F1':>8} {'acc %':>6} {'bal.acc %':>9} {'AUC':>6} "
             f"{'train s':>8} {'pred img/s':>10}")
     print(head)
     print("-" * len(head))
@@ -219,7 +219,7 @@ def print_table(results: dict, info: dict) -> None:
             m = res["test"].get(task, {})
             train = f"{res['train_s']:.0f}" if i == 0 else ""
             speed = f"{res['images_per_s']:.1f}" if i == 0 else ""
-            print(f"{names[key] if i == 0 else '':<44} {task:<7} {f(m.get('macro_f1')):>8} {f(m.get('accuracy'), True):>6} "
+            print(f"{names[key] if i == 0 else '':<52} {task:<7} {f(m.get('macro_f1')):>8} {f(m.get('accuracy'), True):>6} "
                   f"{f(m.get('balanced_accuracy'), True):>9} {f(m.get('roc_auc')):>6} {train:>8} {speed:>10}")
     p = results["clip-probe"]
     d = results["clip-probe"]["test"]["style"]["macro_f1"] - results["seed-finetune"]["test"]["style"]["macro_f1"]

@@ -113,9 +113,14 @@ def test_fine_tuned_state_changes_vectors_and_id(tiny_registry):
     np.testing.assert_allclose(same.embed_images(imgs), base.embed_images(imgs), atol=1e-6)
     assert not np.allclose(tuned.embed_images(imgs), base.embed_images(imgs), atol=1e-3)
     assert len({base.backbone_id, same.backbone_id, tuned.backbone_id}) == 3
+    # a partial state (frozen layers left out) fills in the rest from the pretrained weights
+    partial = TorchEncoder("tiny", backbone_state={"0.weight": state["0.weight"]})
+    np.testing.assert_allclose(partial.embed_images(imgs), tuned.embed_images(imgs), atol=1e-6)
     # a state that does not fit the backbone is refused, not half-loaded
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="size mismatch"):
         TorchEncoder("tiny", backbone_state={"0.weight": np.zeros((1, 1, 1, 1), np.float32)})
+    with pytest.raises(ValueError, match="unknown tensors head.weight"):
+        TorchEncoder("tiny", backbone_state={**state, "head.weight": np.zeros(3, np.float32)})
     # get_encoder builds a fresh torch encoder for a state, and caches pretrained ones
     assert get_encoder("tiny", backbone_state=state).backbone_id == tuned.backbone_id
 

@@ -178,3 +178,18 @@ def test_cli_evaluate(tmp_path, manifest, monkeypatch):
     assert "broken.jpg" in res.stderr
     res = CliRunner().invoke(app, ["evaluate", str(model_dir), str(manifest), "--split", "val"])
     assert res.exit_code == 1 and "no rows with split" in res.stderr
+
+
+def test_evaluate_a_folder(tmp_path, image_factory):
+    """A folder is scanned (labels from its layout); with no split column every row counts."""
+    for lab, c in COLOURS.items():
+        for i in range(2):
+            image_factory(f"folder/{lab}/{i}.png", size=(40, 32), color=c, seed=10 + i)
+    (tmp_path / "folder" / "notes.jpg").write_text("not a picture")
+    res = evaluate(colour_model(), tmp_path / "folder", tmp_path / "out", encoder=ColourEncoder(),
+                   store_root=tmp_path / "store", progress=False, workers=0, html=False)
+    m = res.metrics
+    assert m["data"]["split"] is None and "all 6 rows" in m["data"]["note"]
+    assert m["tasks"]["style"]["n"] == 6 and m["tasks"]["style"]["accuracy"] == 1.0
+    assert m["tasks"]["origin"]["n"] == 0  # a plain folder says nothing about origin
+    assert res.n_failed == 1 and res.errors["path"].iloc[0].endswith("notes.jpg")

@@ -229,7 +229,8 @@ def _registry_model(name: str, mode: str = "probe"):
     config = {
         "mode": mode,
         "backbone": {"name": name, "feature_dim": spec.feature_dim},
-        "preprocessing": {k: getattr(spec, k) for k in ("input_size", "resize_size", "mean", "std", "interpolation")},
+        # 64 px keeps it quick (EigenCAM's SVD grows with the map's area); the model's own size wins
+        "preprocessing": spec.preprocessing() | {"input_size": 64, "resize_size": 64},
         "tasks": [{"name": "style", "labels": ["a", "b", "c"]}],
     }
     return ArtModel.from_torch(config, heads, backbone_state=state), state

@@ -229,3 +229,30 @@ def test_fresh_run_refuses_an_existing_run_and_resume_needs_one(tmp_path, tiny_b
     (tmp_path / "r" / "checkpoints" / "last.ckpt").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="--resume"):
         run_finetune(recipe, tmp_path / "r")
+
+
+def test_loader_state_resumes_mid_epoch_and_after_an_epoch():
+    from artlens.train.finetune import EpochSampler, ResumableLoader, collate_skip_bad
+
+    ds = list(range(10))
+    done = {"n": 0}
+    loader = ResumableLoader(ds, sampler=EpochSampler(10, seed=3), progress=lambda: (done["n"], False), batch_size=3)
+    loader.sampler.set_epoch(1)
+    full = [b.tolist() for b in loader]
+    done["n"] = 2  # two batches processed when the checkpoint was taken
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches_done": 2, "batch_size": 3, "epoch_finished": False}
+    fresh = ResumableLoader(ds, sampler=EpochSampler(10, seed=3), batch_size=3)
+    fresh.load_state_dict(state)
+    assert [b.tolist() for b in fresh] == full[2:]
+    assert [b.tolist() for b in fresh] == full  # only the resumed epoch is shortened
+    # a checkpoint from the end of epoch 1 starts epoch 2 from its beginning
+    end = ResumableLoader(ds, sampler=EpochSampler(10, seed=3), batch_size=3)
+    end.load_state_dict({"epoch": 1, "batches_done": 4, "batch_size": 3})
+    assert end.sampler.epoch == 2 and sum(len(b) for b in end) == 10
+    # ... also when the epoch was limited to fewer batches (limit_train_batches)
+    end.load_state_dict({"epoch": 1, "batches_done": 2, "batch_size": 3, "epoch_finished": True})
+    assert end.sampler.epoch == 2 and sum(len(b) for b in end) == 10
+    # unreadable samples are dropped from a batch; an all-bad batch is None
+    assert collate_skip_bad([None, (torch.ones(1), torch.tensor([0]))])[0].shape == (1, 1)
+    assert collate_skip_bad([None, None]) is None

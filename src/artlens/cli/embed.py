@@ -65,6 +65,7 @@ def embed(
 ) -> None:
     """Embed images with a backbone, reusing every vector already in the store."""
     from rich.console import Console
+    from rich.markup import escape
 
     from artlens.embed import embed_manifest
     from artlens.embed.export import save_embeddings
@@ -74,10 +75,10 @@ def embed(
     try:
         df, scan_errors = _load_source(source, layout, show)
     except Exception as exc:  # a bad manifest or source is one clear line, not a traceback
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR)
     if len(df) == 0:
-        err.print(f"[red]error:[/red] no images in {source}", highlight=False)
+        err.print(f"[red]error:[/red] no images in {escape(str(source))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR)
 
     try:
@@ -86,7 +87,7 @@ def embed(
         err.print("[yellow]interrupted[/yellow]: the vectors computed so far are saved; run the same command to resume")
         raise typer.Exit(EXIT_ERROR)
     except Exception as exc:  # unknown backbone, missing weights...
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR)
     vectors, ok, errors = result
     stats = result.stats
@@ -94,8 +95,9 @@ def embed(
     failures = [(r.path, r.reason) for r in errors.itertuples()]
     if scan_errors is not None and len(scan_errors):
         failures = [(r.path, r.reason) for r in scan_errors.itertuples()] + failures
-    for path, reason in failures:
-        err.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+    for path, reason in failures:  # one line each, even for names with newlines in them
+        shown = path if str(path).isprintable() else ascii(str(path))
+        err.print(f"[yellow]skipped[/yellow] {escape(str(shown))}: {escape(str(reason))}", highlight=False, soft_wrap=True)
 
     if out is None:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().stem or "images")
@@ -113,7 +115,7 @@ def embed(
     try:
         save_embeddings(out, rows, vectors[ok], info)
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot write {out}: {exc}", highlight=False)
+        err.print(f"[red]error:[/red] cannot write {escape(str(out))}: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR)
 
     summary = {

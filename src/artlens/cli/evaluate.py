@@ -121,5 +121,5 @@ def curves(
     if as_json:
         sys.stdout.write(json.dumps({"source": str(csv), "png": str(out), **summarise(per_epoch)}) + "\n")
     else:
-        Console().print(f"{len(per_epoch)} epoch(s) from {csv} -> [bold]{out}[/bold]", highlight=False)
+        Console().print(f"{len(per_epoch)} epoch(s) from {csv} -> [bold]{out}[/bold]", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_OK)

@@ -98,20 +98,21 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    elif img.mode == "L" and "transparency" in img.info:
-        img = img.convert("LA")
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _scale_to_l(img)
-    if img.mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    mode = img.mode
     try:
+        if img.mode == "P":
+            img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        elif img.mode == "L" and "transparency" in img.info:
+            img = img.convert("LA")
+        if img.mode.startswith("I") or img.mode == "F":
+            img = _scale_to_l(img)
+        if img.mode in _ALPHA_MODES:
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
         return img.convert("RGB")
-    except ValueError:  # e.g. LAB, HSV: no direct conversion in Pillow
-        raise ValueError(f"unsupported image mode {img.mode}") from None
+    except ValueError:  # modes Pillow cannot convert (e.g. premultiplied "La")
+        raise ValueError(f"unsupported image mode {mode}") from None
 
 
 def _orientation(img: Image.Image) -> int:
@@ -167,6 +168,7 @@ def _unidentified_reason(fp, head: bytes) -> str:
 def _decode(fp, name: str, max_pixels: int, draft: int | None = None) -> tuple[Image.Image, tuple[int, int], str, str]:
     """Decode to RGB. Returns (image, full size after rotation, format, original mode)."""
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's chatter about odd tags; real failures raise
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = _open(fp, name, max_pixels)
@@ -204,7 +206,7 @@ def read_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES)
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ImageDecodeError(name, "file not found (or a broken link)") from None
+        raise ImageDecodeError(name, "file not found") from None  # also a broken link
     except PermissionError:
         raise ImageDecodeError(name, "permission denied") from None
     except OSError as exc:  # symlink loops, names too long...

@@ -424,10 +424,6 @@ def apply_name_pattern(df: pd.DataFrame, pattern: str) -> pd.DataFrame:
     return out
 
 
-def _printable(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def scan(
     source: str | os.PathLike,
     layout: str | None = None,
@@ -447,7 +443,11 @@ def scan(
     layout's default when None, ``""`` for none). `taxonomies`: names of label mappings to add
     (e.g. ``wikiart-movements``). `progress`: True for a Rich progress bar on stderr, or a
     callback ``(done, total)``. `options`: layout options (e.g. ``{"levels": "{split}/{genre}"}``).
+    `workers`: decoding processes (0 or 1: in this process). Workers fork from a single-threaded
+    caller; a caller already running threads gets forkserver workers, and a script calling
+    `scan` at top level then needs the usual ``if __name__ == "__main__":`` guard.
     """
+    import numpy as np
     import pandas as pd
 
     from artlens.data.sources import read_source
@@ -464,18 +464,6 @@ def scan(
         records = apply_name_pattern(records, pattern)
     records = normalise_labels(records)
 
-    # Names that are not valid UTF-8 cannot go into Parquet (or JSON): report them instead.
-    def utf8_ok(p: str) -> bool:
-        try:
-            p.encode("utf-8")
-            return True
-        except UnicodeEncodeError:
-            return False
-
-    good_name = records["path"].map(utf8_ok)
-    bad_names = pd.DataFrame({"path": records.loc[~good_name, "path"].map(_printable), "reason": "file name is not valid UTF-8 (rename the file)"})
-    records = records[good_name].reset_index(drop=True)
-
     paths = records["path"].tolist()
     results: dict[str, tuple] = {}
     bar = _progress_bar(progress, len(paths), f"scanning {Path(source).name}")
@@ -485,11 +473,10 @@ def scan(
             bar(i)
     finally:
         bar(None)
-    ok_mask = records["path"].map(lambda p: results[p][1] is None)
-    decode_errors = pd.DataFrame(
-        {"path": records.loc[~ok_mask, "path"], "reason": records.loc[~ok_mask, "path"].map(lambda p: results[p][1])}
-    )
-    good = records[ok_mask].copy()
+    ok_mask = np.array([results[p][1] is None for p in paths], dtype=bool)
+    failed = [p for p, ok in zip(paths, ok_mask) if not ok]
+    decode_errors = pd.DataFrame({"path": failed, "reason": [results[p][1] for p in failed]}, dtype=object)
+    good = records.loc[ok_mask].copy()
     good["width"] = [results[p][2] for p in good["path"]]
     good["height"] = [results[p][3] for p in good["path"]]
     good["sha256"] = [results[p][4] for p in good["path"]]
@@ -499,7 +486,7 @@ def scan(
     for name in taxonomies:
         manifest = apply_taxonomy(manifest, name)
     manifest, duplicates = find_duplicates(manifest, near_distance)
-    errors = pd.concat([pre_errors, bad_names, decode_errors], ignore_index=True)
+    errors = pd.concat([pre_errors, decode_errors], ignore_index=True)
     errors = errors.astype({"path": "str", "reason": "str"}).reset_index(drop=True)
     return ScanResult(manifest, errors, duplicates, layout=adapter.name, root=str(Path(source).expanduser().absolute()), notes=notes)
 
@@ -573,35 +560,34 @@ def summarize(
         "layout": layout,
         "images": int(len(manifest)),
         "unreadable": int(len(errors)) if errors is not None else 0,
-        "splits": {str(k): int(v) for k, v in sorted(splits.items())},
+        "splits": {str(k): int(splits[k]) for k in sorted(splits, key=lambda s: (SPLITS + ("none",)).index(s) if s in SPLITS + ("none",) else 9)},
         "labels": {c: label_counts(manifest, c) for c in (*LABEL_COLUMNS, *extra_labels) if c in manifest.columns},
     }
     out["labels"] = {k: v for k, v in out["labels"].items() if v}
     out["label_counts"] = {k: len(v) for k, v in out["labels"].items()}
     if duplicates is not None:
-        groups = duplicates.groupby("group") if len(duplicates) else None
-        n_groups = int(duplicates["group"].nunique()) if len(duplicates) else 0
-        conflicting = sorted(int(g) for g, part in groups if part["conflict"].any()) if groups is not None else []
+        conflicts = []
+        if len(duplicates):
+            label_cols = [c for c in LABEL_COLUMNS if c in duplicates.columns]
+            for g, part in duplicates[duplicates["conflict"]].groupby("group", sort=True):
+                members = [
+                    {"path": rec["path"], **{c: rec[c] for c in label_cols if isinstance(rec.get(c), str)}}
+                    for rec in part[["path", *label_cols]].to_dict("records")
+                ]
+                conflicts.append({"group": int(g), "kind": str(part["kind"].iloc[0]), "columns": str(part["conflict_columns"].iloc[0]), "members": members})
         kinds = duplicates.drop_duplicates("group")["kind"].value_counts().to_dict() if len(duplicates) else {}
         out["duplicates"] = {
-            "groups": n_groups,
+            "groups": int(duplicates["group"].nunique()) if len(duplicates) else 0,
             "exact_groups": int(kinds.get("exact", 0)),
             "near_groups": int(kinds.get("near", 0)),
             "images_in_groups": int(len(duplicates)),
-            "conflicting_groups": len(conflicting),
-            "conflicts": [
-                {
-                    "group": g,
-                    "kind": str(duplicates.loc[duplicates["group"] == g, "kind"].iloc[0]),
-                    "columns": str(duplicates.loc[duplicates["group"] == g, "conflict_columns"].iloc[0]),
-                    "members": [
-                        {"path": r["path"], **{c: r[c] for c in LABEL_COLUMNS if c in r and isinstance(r[c], str)}}
-                        for _, r in duplicates[duplicates["group"] == g].iterrows()
-                    ],
-                }
-                for g in conflicting
-            ],
+            "conflicting_groups": len(conflicts),
+            "conflicts": conflicts,
         }
+    if "split" in manifest.columns and manifest["split"].notna().any():
+        from artlens.data.splits import split_leaks
+
+        out["leaks"] = split_leaks(manifest)
     if errors is not None:
         out["errors"] = [{"path": str(p), "reason": str(r)} for p, r in zip(errors["path"], errors["reason"])]
     if notes:

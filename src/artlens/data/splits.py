@@ -120,6 +120,8 @@ def assign_splits(
     if n_val + n_test:
         if n_groups < k:
             raise ValueError(f"{n_groups} group(s) of duplicates/{group_by or 'rows'} are too few for a {val:g}/{test:g} split")
+        if np.all(np.unique(y, return_counts=True)[1] < k):  # every class smaller than a fold count
+            y = np.zeros(n, dtype=np.int64)  # sklearn refuses; split by groups alone
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"

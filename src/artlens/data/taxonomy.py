@@ -303,25 +303,28 @@ def apply_taxonomy(df: pd.DataFrame, name: str | Path | Taxonomy, **kwargs) -> p
 def artist_styles_from_artgan(labels_dir: str | Path) -> dict[str, str]:
     """Artist display name -> that artist's most common WikiArt style in the ArtGAN style CSVs.
 
-    The CSV paths are ``Style/artist-slug_title.jpg``: the folder is the style, the file name
-    starts with the artist's slug. Used to give AI images the style of the artist they imitate
-    (as AI-ArtBench labels its AI images). Ties go to the alphabetically first style.
+    The CSV paths are ``Style/artist-slug_title.jpg``: the file name starts with the artist's
+    slug; the style is the row's class in ``style_class.txt`` (the folder name when there is no
+    class list; the two differ only for ``Art_Nouveau``, filed under ``Art_Nouveau_Modern/``).
+    Used to give AI images the style of the artist they imitate (as AI-ArtBench labels its AI
+    images). Ties go to the alphabetically first style.
     """
-    from artlens.data.sources.wikiart_csv import find_artgan_files, read_artgan_csv
+    from artlens.data.sources.wikiart_csv import find_artgan_files, read_artgan_csv, read_class_list
 
     files = find_artgan_files(labels_dir)
     style_csvs = [files[k] for k in ("style_train", "style_val") if k in files]
     if not style_csvs:
         raise FileNotFoundError(f"{labels_dir}: no style_train.csv / style_val.csv (ArtGAN WikiArt labels) found")
+    classes = read_class_list(files["style_class"]) if "style_class" in files else {}
     counts: dict[str, Counter] = {}
     for csv_path in style_csvs:
-        for rel, _ in read_artgan_csv(csv_path):
+        for rel, idx in read_artgan_csv(csv_path):
             parts = rel.split("/")
             if len(parts) < 2 or "_" not in parts[-1]:
                 continue
             name = artist_display_name(parts[-1].split("_", 1)[0])
             if name:
-                counts.setdefault(name, Counter())[parts[0]] += 1
+                counts.setdefault(name, Counter())[classes.get(idx, parts[0])] += 1
     return {
         artist: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for artist, c in sorted(counts.items())
     }

@@ -179,12 +179,24 @@ class TorchEncoder(Encoder):
         # Backbones without pretrained weights (simple-cnn) start from random weights: seeded, so
         # that every process gets the same ones and the store never mixes two random draws.
         random_init = not backbone_state and (not pretrained or getattr(self.spec, "weights_id", None) == "scratch")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = create_backbone(name, pretrained=pretrained and not backbone_state)
+
+        def build(with_weights: bool):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return create_backbone(name, pretrained=with_weights)
+
+        model = build(pretrained and not backbone_state)
         if backbone_state:
+            # A fine-tuned state replaces every tensor it names; if it names only some (frozen
+            # layers left out), the rest come from the pretrained weights.
+            expected = set(model.state_dict())
+            unknown = sorted(set(backbone_state) - expected)
+            if unknown:
+                raise ValueError(f"backbone state does not fit {name}: unknown tensors {', '.join(unknown[:5])}")
+            if any(k not in backbone_state and not k.endswith("num_batches_tracked") for k in expected):
+                model = build(True)
             tensors = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in backbone_state.items()}
-            model.load_state_dict(tensors, strict=True)
+            model.load_state_dict(tensors, strict=False)
         self.model = model.eval().to(self.device)
         self.preprocess = SpecPreprocess.from_spec(self.spec)
         self.dim = int(self.spec.feature_dim)

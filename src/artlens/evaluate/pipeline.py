@@ -42,7 +42,7 @@ class EvalResult:
 
 
 # ---------------------------------------------------------------------------- data
-def load_rows(data: str | os.PathLike, split: str | None = "test"):
+def load_rows(data: str | os.PathLike, split: str | None = "test", *, progress: bool = False, workers: int = 2):
     """Manifest rows to evaluate: `(df, info, scan_errors)`.
 
     `data` is a manifest (.parquet/.csv) or a folder (scanned with its layout detected). Rows of
@@ -56,7 +56,7 @@ def load_rows(data: str | os.PathLike, split: str | None = "test"):
     if p.is_dir():
         from artlens.data.manifest import scan
 
-        res = scan(p)
+        res = scan(p, workers=workers, progress=progress)
         df, scan_errors = res.manifest, res.errors
         info["scanned"] = True
     elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
@@ -158,7 +158,7 @@ def evaluate(
             df, info["split"] = df[df["split"] == split].reset_index(drop=True), split
         info["rows_total"] = len(data)
     else:
-        df, info, scan_errors = load_rows(data, split)
+        df, info, scan_errors = load_rows(data, split, progress=progress, workers=workers)
 
     enc = encoder if encoder is not None else model_encoder(model)
     if int(enc.dim) != model.feature_dim:

@@ -160,22 +160,41 @@ def gallery_png(items: Sequence[dict], path, *, title: str = "", ncols: int = 6,
 # ---------------------------------------------------------------------------- run level
 def curves_png(per_epoch, groups: dict[str, list[str]], path, *, title: str = "Training curves") -> Path:
     """Loss (left) and accuracy-like scores (right) per epoch; validation lines dashed."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = [(k, v) for k, v in groups.items() if v]
     fig = _figure(5.2 * max(len(panels), 1), 4.0)
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    palette = [f"C{i}" for i in range(10)]
     for ax, (name, cols) in zip(axes, panels):
+        # train and val of the same quantity share a colour; validation is dashed
+        keys = list(dict.fromkeys(_curve_key(c) for c in cols))
         for c in cols:
             s = per_epoch[c].dropna()
             style = "--" if c.lower().startswith("val") else "-"
-            ax.plot(s.index, s.values, style, marker="o", ms=3, label=c)
+            ax.plot(s.index, s.values, style, marker="o", ms=3, label=c,
+                    color=palette[keys.index(_curve_key(c)) % len(palette)])
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("loss" if name == "loss" else "accuracy / F1")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epochs = [int(e) for e in per_epoch.index]
+        if 0 < len(epochs) <= 20:
+            ax.set_xticks(epochs)
+            ax.set_xlim(min(epochs) - 0.3, max(epochs) + 0.3)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _curve_key(column: str) -> str:
+    low = column.lower()
+    for prefix in ("train", "val"):
+        if low.startswith(prefix):
+            return low[len(prefix):].lstrip("_/")
+    return low
 
 
 def robustness_png(conditions: dict[str, dict], path, *, title: str = "AI detection under image changes") -> Path:

