@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from artlens.explain import METHODS, ExplainError, Explainer, tokens_to_grid
-from artlens.explain.faithfulness import deletion_test, random_map
+from artlens.explain.faithfulness import BlurImputer, deletion_test, random_map
 from artlens.explain.gradcam import build_explain_model, place_cam, prepare_image, resolve_layer
 from artlens.models.artmodel import ArtModel
 from artlens.models.heads import MultiTaskHeads
@@ -23,19 +23,21 @@ PRE = {"input_size": SIZE, "resize_size": SIZE, "mean": [0.5] * 3, "std": [0.5] 
 
 
 class RedDetector(nn.Module):
-    """Feature 0 fires on red pixels, feature 1 on green ones: what the class depends on is known."""
+    """Feature 0 fires on red pixels, feature 1 on green ones, 2 on brightness, 3 is constant:
+    what the class depends on is known."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
         with torch.no_grad():
             self.conv.weight.zero_()
+            self.conv.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.3]))  # a constant feature: after
+            # L2 normalisation the red feature then still says how much red there is
             centre = (slice(None), slice(None), 1, 1)
             w = self.conv.weight[centre]
             w[0] = torch.tensor([1.0, -1.0, -1.0])  # red
             w[1] = torch.tensor([-1.0, 1.0, -1.0])  # green
             w[2] = torch.tensor([0.2, 0.2, 0.2])  # brightness
-            w[3] = torch.tensor([-0.2, -0.2, 0.2])
         self.act = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
 
@@ -106,7 +108,8 @@ def test_feature_standardisation_is_part_of_the_model():
     art = red_model(with_norm=True)
     net = build_explain_model(art, "colour", backbone=RedDetector())
     x = torch.randn(2, 3, SIZE, SIZE)
-    feats = net.backbone(x).detach().numpy()
+    raw = net.backbone(x).detach().numpy()
+    feats = raw / np.linalg.norm(raw, axis=1, keepdims=True)  # the encoders' L2-normalised embeddings
     expected = art.head_logits(feats)["colour"]
     np.testing.assert_allclose(net(x).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
     net.task = "origin"
@@ -197,13 +200,28 @@ def test_resolve_layer_paths():
 
 
 def test_deletion_of_highlighted_pixels_hurts_more_than_random(explainer):
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # ROAD's in-painting adds a little noise
     img = red_square(at=(4, 18), side=9)
     exp = explainer.explain(img, layers="conv")
-    prep = prepare_image(img, PRE)
-    res = deletion_test(explainer.net, prep.tensor, exp.input_cams[0], exp.class_index, n_random=6, seed=1)
-    assert res.cam_drop > 0
-    assert res.cam_drop > res.random_drop + 0.5 * abs(res.random_drop), res
+    tensor = prepare_image(img, PRE).tensor
+    res = deletion_test(explainer.net, tensor, exp.input_cams[0], exp.class_index, n_random=6, seed=1, imputer="road")
+    # in-painting the map's top fifth from the grey around it removes the red: the evidence is gone
+    assert res.cam_drop > 0.8 * res.score
+    assert res.cam_drop > res.random_drop + 1.0, res
+    # the least highlighted fifth is background: deleting it does not hurt
+    least = deletion_test(explainer.net, tensor, 1 - exp.input_cams[0], exp.class_index, n_random=0, imputer="road")
+    assert least.cam_drop < 0.1 * res.cam_drop
+
+
+def test_blur_imputer_touches_only_the_deleted_pixels():
+    img = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32))
+    keep = torch.ones(16, 16)
+    keep[4:8, 4:8] = 0
+    out = BlurImputer()(img, keep)
+    assert torch.equal(out[:, keep.bool()], img[:, keep.bool()])
+    inside = out[:, 4:8, 4:8]
+    assert not torch.allclose(inside, img[:, 4:8, 4:8])
+    assert inside.std() < img.std() / 2  # smoothed: detail gone
 
 
 def test_random_map_is_smooth_and_seeded():
@@ -259,3 +277,37 @@ def test_finetuned_backbone_weights_are_loaded():
     net = build_explain_model(art)  # builds the backbone from the registry + the saved state
     for k, v in state.items():
         np.testing.assert_array_equal(net.backbone.state_dict()[k].numpy(), v.numpy())
+
+
+def test_cli_explain_with_a_finetuned_model(tmp_path, image_factory):
+    from typer.testing import CliRunner
+
+    from artlens.cli import app
+
+    _backbones()
+    art, _ = _registry_model("simple-cnn" if "simple-cnn" in _backbones().list_backbones() else "resnet18", mode="finetune")
+    art.save(tmp_path / "model")
+    good = image_factory("good.png", size=(80, 64), seed=2)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00not a jpeg")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(app, ["explain", str(tmp_path / "model"), str(good), str(bad), "--out", str(out), "--json"])
+    assert res.exit_code == 2, res.output  # one image failed, the other was explained
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and rows[0]["label"] in ("a", "b", "c")
+    assert np.load(out / "good.style.gradcam.npy").shape == (64, 80)
+    assert Image.open(out / "good.style.gradcam.png").size == (80, 64)
+    assert "bad.jpg" in res.output
+
+    spec_layer = _backbones().get_spec(art.backbone_name).gradcam_layer
+    res = runner.invoke(app, ["explain", str(tmp_path / "model"), str(good), "--out", str(out), "--layer", f"{spec_layer},{spec_layer}", "--method", "eigencam"])
+    assert res.exit_code == 0, res.output
+    assert np.load(out / "good.style.eigencam.npy").shape == (2, 64, 80)
+
+    res = runner.invoke(app, ["explain", str(tmp_path / "model"), str(good), "--class", "zebra"])
+    assert res.exit_code == 1 and "zebra" in res.output
+    res = runner.invoke(app, ["explain", str(tmp_path / "model"), str(good), "--task", "genre"])
+    assert res.exit_code == 1 and "genre" in res.output
+    res = runner.invoke(app, ["explain", str(tmp_path / "nomodel"), str(good)])
+    assert res.exit_code == 1 and "nomodel" in res.output

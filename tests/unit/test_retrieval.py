@@ -254,3 +254,39 @@ def test_near_duplicates_by_phash(data):
     assert idx.neighbours(q, 1, query_phash=close)[0].duplicate
     far = f"{int(rows.phash[9], 16) ^ 0xFFFF:016x}"
     assert not idx.neighbours(q, 1, query_phash=far)[0].duplicate
+
+
+def test_cli_index_from_a_store_and_similar_beside_a_model(tmp_path, image_factory, monkeypatch):
+    from typer.testing import CliRunner
+
+    import artlens.embed
+    from artlens.cli import app
+    from artlens.data.manifest import scan, write_manifest
+    from artlens.embed import EmbeddingStore, embed_manifest
+    from artlens.models.artmodel import ArtModel, new_config
+
+    df = _gallery(tmp_path, image_factory)
+    manifest = scan(tmp_path / "gallery", workers=0).manifest
+    write_manifest(manifest, tmp_path / "m.parquet")
+    enc = PixelEncoder()
+    embed_manifest(manifest.iloc[:-2], enc, store_root=tmp_path / "store", workers=0, progress=False)  # 2 rows not embedded
+    store_dir = EmbeddingStore(tmp_path / "store", enc.backbone_id).dir
+    monkeypatch.setattr(artlens.embed, "get_encoder", lambda *a, **k: enc)
+
+    model = tmp_path / "model"
+    config = {"mode": "probe", "backbone": {"name": "pixels", "feature_dim": 48}, "tasks": [{"name": "style", "labels": ["red", "blue", "green"]}]}
+    heads = {"heads.style.0.weight": np.zeros((3, 48), np.float32), "heads.style.0.bias": np.zeros(3, np.float32)}
+    ArtModel(new_config(config), heads).save(model)
+    runner = CliRunner()
+    res = runner.invoke(app, ["similar", str(model), df.path[0]])
+    assert res.exit_code == 1 and "no index" in res.output  # says how to build one
+
+    res = runner.invoke(app, ["index", str(store_dir), "--manifest", str(tmp_path / "m.parquet"), "--backbone", "pixels", "--out", str(model / "index")])
+    assert res.exit_code == 2, res.output  # built, but two rows had no vector in the store
+    assert "not in the embedding store" in res.output
+    assert len(FaissIndex.load(model / "index")) == len(manifest) - 2
+    res = runner.invoke(app, ["similar", str(model), df.path[1], "-k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["neighbours"][0]["labels"]["style"] == "red"
+    res = runner.invoke(app, ["index", str(store_dir), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "--manifest" in res.output

@@ -51,8 +51,8 @@ def explain(
     try:
         method_class(method)
         explainer = Explainer(model, task=task)
-    except (ModelFormatError, ExplainError, KeyError, OSError) as exc:
-        _fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+    except (ModelFormatError, ExplainError, OSError) as exc:
+        _fail(str(exc))
     torch.set_grad_enabled(True)
 
     rows, failed = [], 0
@@ -77,7 +77,7 @@ def explain(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(show_lines=False)
+        table = Table(show_lines=False, caption=f"overlays (.png), maps (.npy) and JSON in {out}")
         for col in ("image", "task", "class", "prob", "predicted", "overlay"):
             table.add_column(col, overflow="fold")
         for r in rows:
@@ -86,7 +86,7 @@ def explain(
             else:
                 table.add_row(
                     Path(r["path"]).name, r["task"], r["label"], f"{r['prob']:.1%}",
-                    f"{r['predicted']} {r['predicted_prob']:.0%}", r["files"]["png"],
+                    f"{r['predicted']} {r['predicted_prob']:.0%}", Path(r["files"]["png"]).name,
                 )
         Console().print(table)
     if failed:

@@ -158,7 +158,6 @@ class EmbeddingStore:
         self._loaded: set[str] = set()
         self._pending_keys: list[bytes] = []
         self._pending_vecs: list[np.ndarray] = []
-        self._counter = 0
         self.refresh()
 
     # ------------------------------------------------------------------ reading
@@ -287,7 +286,6 @@ class EmbeddingStore:
         return path
 
     def _new_shard_path(self) -> Path:
-        self._counter += 1
         # Sortable by time, unique across processes.
         return self.dir / f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
 

@@ -54,7 +54,12 @@ def method_class(method: str):
 
 # --------------------------------------------------------------------------- the differentiable model
 class ArtNet(nn.Module):
-    """Backbone + the heads of an ArtModel; `forward` gives the logits of `self.task`."""
+    """Backbone + the heads of an ArtModel; `forward` gives the logits of `self.task`.
+
+    The heads were trained on the encoders' embeddings, which are L2-normalised (probe models on
+    the embedding store, fine-tuned ones through the same normalisation), so the features are
+    normalised here too before the heads' standardisation.
+    """
 
     def __init__(self, backbone: nn.Module, heads: nn.Module, task: str):
         super().__init__()
@@ -62,8 +67,11 @@ class ArtNet(nn.Module):
         self.heads = heads  # MultiTaskHeads: holds the probe's feature standardisation
         self.task = task
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.backbone(x).flatten(1).float(), dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(x)
+        feats = self.features(x)
         heads = self.heads
         if getattr(heads, "norm_mean", None) is not None:
             feats = (feats - heads.norm_mean) / heads.norm_std
@@ -110,7 +118,10 @@ def build_explain_model(art: "ArtModel", task: str | None = None, backbone=None)
     `(N, art.feature_dim)`.
     """
     task = task or art.task_names[0]
-    art.task(task)  # KeyError with the list of tasks when unknown
+    try:
+        art.task(task)
+    except KeyError as exc:  # names the tasks the model has
+        raise ExplainError(exc.args[0]) from None
     if backbone is None:
         backbone = build_backbone(art)
     net = ArtNet(backbone, art.torch_heads(), task)
@@ -311,6 +322,10 @@ class Explanation:
     `cam` is the map of the first layer, `cams` one per layer (in order), each (H, W) float32 in
     [0, 1] at the size of `overlay`'s panels (the display image); `overlay` is one overlay, or a
     strip of captioned overlays when several layers were asked for.
+
+    Probabilities come from the torch model the gradients flow through. For CLIP that is the fp32
+    rebuild, while `artlens predict` runs the INT8 ONNX model: embeddings agree to cosine ~0.995,
+    but a probe's standardised head can turn that into a few points of probability.
     """
 
     task: str
