@@ -72,7 +72,7 @@ def test_an_indexed_painting_finds_itself_marked_duplicate(built, shared_dataset
     out, encoder = built
     path = _files(shared_datasets, "Pointillism")[3]
     ns = similar(out, path, k=3, encoder=encoder)
-    assert ns[0].path == str(path) and ns[0].duplicate and ns[0].similarity > 0.95
+    assert ns[0].path == str(path) and ns[0].duplicate and ns[0].similarity > 0.99  # batch-independent encoder
     assert not any(n.duplicate for n in ns[1:])
     # a re-encoded, slightly resized copy is still recognised as the same picture (pHash)
     copy = Image.open(path).convert("RGB").resize((200, 200))

@@ -208,6 +208,27 @@ def test_paths_without_hashes_and_duplicate_content(tmp_path, images):
     assert res.hashes[-1] == res.hashes[3] == file_sha256(str(dup))
 
 
+def test_work_saved_by_another_process_meanwhile_is_not_repeated(tmp_path, images):
+    df = manifest(images)
+    other = EmbeddingStore(tmp_path, "fake-v1")
+    reference = FakeEncoder().embed_images([Image.open(p) for p in images])
+
+    class Racing(FakeEncoder):
+        def embed_batch(self, batch):
+            if self.calls == 0:  # meanwhile, another process stores every image
+                other.add(list(df.sha256), reference)
+                other.flush()
+            return super().embed_batch(batch)
+
+    enc = Racing()
+    res = embed_manifest(df, enc, store_root=tmp_path, batch_size=2, prefetch=1, workers=0, progress=False, refresh_s=0.0)
+    # the batch being embedded and the two already handed to the decoders are finished; the
+    # other 6 images are taken from the store
+    assert enc.embedded == 6
+    assert res.stats.computed == 6 and res.stats.reused == 6 and res.ok_mask.all()
+    np.testing.assert_allclose(res.vectors, reference, atol=1e-6)
+
+
 def test_new_backbone_id_recomputes(tmp_path, images):
     df = manifest(images[:3])
     embed_manifest(df, FakeEncoder("fake-v1"), store_root=tmp_path, workers=0, progress=False)

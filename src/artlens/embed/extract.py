@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import random
 import signal
 import sys
 import time
@@ -174,6 +175,7 @@ def embed_manifest(
     shard_size: int = 256,
     prefetch: int = 2,
     compact_over: int = 64,
+    refresh_s: float = 15.0,
 ) -> EmbedResult:
     """Embed every row of `df` (a manifest, or any sequence of image paths).
 
@@ -181,6 +183,8 @@ def embed_manifest(
     and a DataFrame `path, reason` naming each unreadable file. Only images whose sha256 is not
     yet in the store for this backbone are decoded and embedded; rows without a `sha256` get one
     computed from the file. `result.stats` has the counts (computed, reused, failed) and speed.
+    Every `refresh_s` seconds the store is re-read, so images that another process embedded in
+    the meantime are taken from it instead of computed twice.
     """
     import pandas as pd
 
@@ -230,9 +234,12 @@ def embed_manifest(
             t0 = time.perf_counter()
             if pool is None:
                 pool = _pool(min(workers, len(missing)), encoder.preprocess)
-            bad = _compute(encoder, store, missing, {h: paths[first_row[h]] for h in missing}, pool, batch_size, prefetch, progress)
+            bad, skipped = _compute(
+                encoder, store, missing, {h: paths[first_row[h]] for h in missing}, pool, batch_size, prefetch, progress, refresh_s
+            )
             stats.compute_seconds = time.perf_counter() - t0
-            stats.computed = len(missing) - len(bad)
+            stats.computed = len(missing) - len(bad) - skipped
+            stats.reused += skipped
             # an unreadable image fails every row that shares its content
             for i, h in enumerate(hashes):
                 if h in bad:
@@ -271,11 +278,35 @@ def _compute(
     batch_size: int,
     prefetch: int,
     progress: bool,
-) -> dict[str, str]:
-    """Embed `missing` hashes; returns {hash: reason} for the images that could not be read."""
+    refresh_s: float = 15.0,
+) -> tuple[dict[str, str], int]:
+    """Embed `missing` hashes. Returns ({hash: reason} for unreadable images, how many images
+    another process saved to the store meanwhile, so that they were not computed here)."""
     bad: dict[str, str] = {}
-    batches = [list(missing[s : s + batch_size]) for s in range(0, len(missing), batch_size)]
+    # Other processes may be embedding the same images into this store (a training run and an
+    # evaluation started together): each goes through them in its own random order and picks up
+    # the others' shards as they appear, so they share the work instead of repeating it.
+    remaining = list(missing)
+    random.Random().shuffle(remaining)
+    remaining = deque(remaining)
+    skipped = 0
+    last_refresh = time.monotonic()
     chunk = max(1, batch_size // (2 * max(1, getattr(pool, "_processes", 1))))
+
+    def next_batch() -> list[str] | None:
+        nonlocal skipped, last_refresh
+        if time.monotonic() - last_refresh > refresh_s:
+            store.refresh()
+            last_refresh = time.monotonic()
+        batch = []
+        while remaining and len(batch) < batch_size:
+            h = remaining.popleft()
+            if h in store:
+                skipped += 1
+                bar.advance(task, 1)
+            else:
+                batch.append(h)
+        return batch or None
 
     def submit(batch):
         items = [(j, path_of[h]) for j, h in enumerate(batch)]
@@ -288,18 +319,14 @@ def _compute(
     bar = _progress(progress, len(missing), f"embedding [{encoder.name}]")
     with bar:
         task = bar.add_task("embed", total=len(missing))
-        queue: deque = deque()
-        upcoming = iter(batches)
         # Keep `prefetch` batches decoding while the encoder works on the current one; bounded so
         # memory stays at a few batches however long the manifest.
-        for batch in upcoming:
+        queue: deque = deque()
+        while len(queue) <= prefetch and (batch := next_batch()):
             queue.append((batch, submit(batch)))
-            if len(queue) > prefetch:
-                break
         while queue:
             batch, pending = queue.popleft()
-            nxt = next(upcoming, None)
-            if nxt is not None:
+            if nxt := next_batch():
                 queue.append((nxt, submit(nxt)))
             decoded = pending if isinstance(pending, list) else pending.get()
             good_idx, arrays = [], []
@@ -313,7 +340,7 @@ def _compute(
                 vectors = encoder.embed_batch(np.stack(arrays))
                 store.add([batch[j] for j in good_idx], vectors)
             bar.advance(task, len(batch))
-    return bad
+    return bad, skipped
 
 
 def _init_local(preprocess: Callable) -> None:

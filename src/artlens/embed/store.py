@@ -156,8 +156,7 @@ class EmbeddingStore:
         self._blocks: list[np.ndarray] = []  # loaded vector blocks, concatenated lazily
         self._matrix: np.ndarray | None = None
         self._loaded: set[str] = set()
-        self._pending_keys: list[bytes] = []
-        self._pending_vecs: list[np.ndarray] = []
+        self._pending: dict[bytes, np.ndarray] = {}  # added, not yet in a shard
         self.refresh()
 
     # ------------------------------------------------------------------ reading
@@ -219,22 +218,18 @@ class EmbeddingStore:
         return self._matrix
 
     def __len__(self) -> int:
-        return len(self._index) + sum(1 for k in self._pending_keys if k not in self._index)
+        return len(self._index) + sum(1 for k in self._pending if k not in self._index)
 
     def __contains__(self, sha256: str) -> bool:
         try:
             key = _digest_bytes(sha256)
         except StoreError:
             return False
-        return key in self._index or key in self._pending_set()
-
-    def _pending_set(self) -> set[bytes]:
-        return set(self._pending_keys)
+        return key in self._index or key in self._pending
 
     def contains(self, hashes: Iterable[str]) -> np.ndarray:
         """Boolean mask: which hashes have a vector (saved or pending)."""
-        pending = self._pending_set()
-        return np.array([(_digest_bytes(h) in self._index or _digest_bytes(h) in pending) for h in hashes], dtype=bool)
+        return np.array([h in self for h in hashes], dtype=bool)
 
     def get(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """`(vectors (N, dim) float32, found (N,) bool)`; rows not found are NaN."""
@@ -266,23 +261,22 @@ class EmbeddingStore:
         elif vectors.shape[1] != self.dim:
             raise StoreError(f"vectors have dimension {vectors.shape[1]}, store {self.dir} has {self.dim}")
         for h, v in zip(hashes, vectors):
-            self._pending_keys.append(_digest_bytes(h))
-            self._pending_vecs.append(v)
-        if len(self._pending_keys) >= self.shard_size:
+            self._pending[_digest_bytes(h)] = v
+        if len(self._pending) >= self.shard_size:
             self.flush()
 
     def flush(self) -> Path | None:
         """Write the queued vectors as one shard (atomic); returns its path."""
-        if not self._pending_keys:
+        if not self._pending:
             return None
-        keys = np.frombuffer(b"".join(self._pending_keys), dtype=np.uint8).reshape(-1, 32)
-        vectors = np.stack(self._pending_vecs).astype(np.float32)
+        keys = np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 32)
+        vectors = np.stack(list(self._pending.values())).astype(np.float32)
         path = self._new_shard_path()
         self._ensure_dir()
         write_shard(path, self.backbone_id, keys, vectors)
         self._loaded.add(path.name)
-        self._add_block(list(self._pending_keys), vectors)
-        self._pending_keys, self._pending_vecs = [], []
+        self._add_block(list(self._pending), vectors)
+        self._pending = {}
         return path
 
     def _new_shard_path(self) -> Path:
