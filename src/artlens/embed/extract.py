@@ -302,8 +302,8 @@ def _compute(
         while remaining and len(batch) < batch_size:
             h = remaining.popleft()
             if h in store:
-                skipped += 1
-                bar.advance(task, 1)
+                skipped += 1  # not ours to count: keeps the bar's images/s honest
+                bar.update(task, total=len(missing) - skipped)
             else:
                 batch.append(h)
         return batch or None
