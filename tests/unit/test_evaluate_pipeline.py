@@ -143,6 +143,19 @@ def test_report_is_self_contained(tmp_path, manifest, logs):
     assert "<link" not in html and "<script" not in html  # nothing fetched from elsewhere
 
 
+def test_warns_when_the_encoder_changed_since_training(tmp_path, manifest):
+    model = colour_model()
+    model.config["backbone"]["backbone_id"] = "test-mean-rgb-v0"
+    res = evaluate(model, manifest, tmp_path / "o", encoder=ColourEncoder(), store_root=tmp_path / "s",
+                   progress=False, workers=0)
+    assert len(res.metrics["warnings"]) == 1 and "test-mean-rgb-v0" in res.metrics["warnings"][0]
+    assert "encoder changed" in (tmp_path / "o" / "report.html").read_text()
+    model.config["backbone"]["backbone_id"] = ColourEncoder.backbone_id
+    res = evaluate(model, manifest, tmp_path / "o2", encoder=ColourEncoder(), store_root=tmp_path / "s",
+                   progress=False, workers=0, html=False)
+    assert res.metrics["warnings"] == [] and res.metrics["model"]["backbone_id"] == "test-mean-rgb-v1"
+
+
 def test_second_evaluation_reuses_the_embedding_store(tmp_path, manifest):
     first, again = ColourEncoder(), ColourEncoder()
     kw = dict(store_root=tmp_path / "store", progress=False, workers=0, html=False)

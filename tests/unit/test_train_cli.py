@@ -54,3 +54,21 @@ def test_train_cli_errors_are_one_line_and_exit_1(tmp_path):
     assert res.exit_code == 1 and "optimizer.name" in res.output
     res = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "not found" in res.output
+
+
+def test_cli_flags_map_to_recipe_keys():
+    from artlens.cli.train import _merge_tasks, _overrides
+    from artlens.train.config import load_recipe
+
+    o = _overrides("finetune", ["a", "b"], None, None, "resnet18", 3, 8, 0.1, 7, 2, "ddp", 2, "cpu",
+                   ["finetune.progress=rich"], as_json=True)
+    r = load_recipe(None, o)
+    ft = r["finetune"]
+    assert (r["mode"], r["backbone"]["name"], r["seed"]) == ("finetune", "resnet18", 7)
+    assert (ft["epochs"], ft["batch_size"], ft["optimizer"]["lr"]) == (3, 8, 0.1)
+    assert (ft["devices"], ft["strategy"], ft["num_nodes"], ft["accelerator"]) == (2, "ddp", 2, "cpu")
+    assert [s["path"] for s in r["data"]["sources"]] == ["a", "b"]
+    assert ft["progress"] == "rich"  # --set wins over --json's default (no bars on stdout)
+    assert load_recipe(None, _overrides(*[None] * 13, [], as_json=True))["finetune"]["progress"] == "none"
+    merged = _merge_tasks([{"name": "origin", "column": "origin", "hidden": [256]}], "style, origin")
+    assert merged == ["style", {"name": "origin", "column": "origin", "hidden": [256]}]

@@ -75,3 +75,13 @@ def test_unseen_labels_are_masked_with_a_note(two_sets):
     assert notes and "1 rows" in notes[0]
     with pytest.raises(ValueError, match="no row of the data carries a label"):
         prepare(load_recipe(None, {"data.sources": [str(two_sets / "paint")], "tasks": "genre"}), progress=False)
+
+
+def test_balanced_subsample_caps_each_label_and_keeps_unlabelled():
+    from artlens.train.data import balanced_subsample
+
+    df = pd.DataFrame({"style": ["a"] * 10 + ["b"] * 3 + [None] * 2, "path": [str(i) for i in range(15)]})
+    out = balanced_subsample(df, "style", 4, seed=1)
+    assert out["style"].value_counts().to_dict() == {"a": 4, "b": 3}
+    assert out["style"].isna().sum() == 2
+    assert balanced_subsample(df, "style", 4, seed=1)["path"].tolist() == out["path"].tolist()

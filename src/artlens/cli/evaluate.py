@@ -45,6 +45,8 @@ def evaluate(
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR)
 
+    for warning in res.metrics.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     for row in (res.errors.to_dict(orient="records") if res.n_failed else []):
         err.print(f"[yellow]unreadable[/yellow] {row['path']}: {row['reason']}", highlight=False, soft_wrap=True)
     if as_json:

@@ -13,7 +13,7 @@ from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
 
 
 def _overrides(mode, data, tasks, out, backbone, epochs, batch_size, lr, seed, devices, strategy, num_nodes,
-               accelerator, sets) -> dict:
+               accelerator, sets, as_json=False) -> dict:
     from artlens.train.config import parse_overrides
 
     o: dict = {}
@@ -28,6 +28,8 @@ def _overrides(mode, data, tasks, out, backbone, epochs, batch_size, lr, seed, d
         o["data.sources"] = list(data)
     if tasks:
         o["tasks"] = tasks
+    if as_json:  # progress bars write to stdout: keep it for the JSON
+        o["finetune.progress"] = "none"
     o.update(parse_overrides(sets))  # --set wins over everything
     return o
 
@@ -75,7 +77,7 @@ def train(
         devices = int(devices)
     try:
         overrides = _overrides(mode, data, tasks, out, backbone, epochs, batch_size, lr, seed, devices, strategy,
-                               num_nodes, accelerator, sets)
+                               num_nodes, accelerator, sets, as_json)
         if tasks and recipe is not None:
             base = load_recipe(recipe)
             overrides["tasks"] = _merge_tasks(base["tasks"], tasks)

@@ -186,10 +186,19 @@ def evaluate(
             "backbone": model.backbone_name,
             "mode": model.mode,
             "tasks": model.task_names,
+            "backbone_id": getattr(enc, "backbone_id", None),
         },
+        "warnings": [],
         "data": {**info, "rows": int(len(df)), "embedded": int(ok.sum()), "unreadable": int((~ok).sum())},
         "tasks": {},
     }
+    # A probe's heads only fit the embeddings they were trained on: say so when the encoder changed.
+    trained_id = model.config.get("backbone", {}).get("backbone_id")
+    if trained_id and getattr(enc, "backbone_id", None) and trained_id != enc.backbone_id:
+        metrics["warnings"].append(
+            f"the model was trained on embeddings {trained_id}, this evaluation used {enc.backbone_id} "
+            "(the encoder changed since training): scores may be off; retrain the heads"
+        )
     outlier_rows: list[dict] = []
     galleries: dict[str, dict[str, Path]] = {}
     for t in model.tasks:

@@ -229,8 +229,8 @@ def render_html(metrics: dict, out_dir: str | os.PathLike) -> str:
         ])
     body = [f'<section id="summary"><h2>Summary</h2>'
             + _table(["task", "images", "classes", "accuracy", "balanced acc.", "macro F1", "ECE", "coverage"], summary_rows)]
-    if data.get("note"):
-        body.append(f'<p class="note">{e(data["note"])}</p>')
+    for note in ([data["note"]] if data.get("note") else []) + list(metrics.get("warnings") or []):
+        body.append(f'<p class="note">{e(note)}</p>')
     body.append("</section>")
     body += [_task_section(t, m, files, galleries, out) for t, m in tasks.items()]
     if "robustness" in metrics:

@@ -1,23 +1,26 @@
 """The artist task: a head over the artists with enough paintings, and `unknown artist` for the rest.
 
-One call does the whole job (`train_artist_task(manifest, vectors)`):
+One call does the whole job (`train_artist_task(manifest, vectors)`, or `with_artist_task(model,
+manifest)` to add it to a model):
 
 1. artist labels (the manifest's `artist` column, or the WikiArt file name `<artist-slug>_<title>`),
    one row per distinct image (exact duplicates filed under two styles count once);
 2. artists with >= `min_per_class` paintings are *known*; the others are kept out of the head and
    reported with their counts;
 3. an open-set split: known artists' paintings are split by painting (train/val/test, near-
-   duplicates on one side), the kept-out artists are split *by artist* into validation unknowns and
-   test unknowns, so the test measures artists never seen in any choice;
-4. the head is trained by the probe trainer (`artlens.train.probe`, hyper-parameters and temperature
-   chosen on validation), the open-set methods (max probability, energy, centroid distance) are
-   compared on validation and the best one's threshold is chosen there;
+   duplicates on one side); the kept-out artists are split *by artist* into three parts: `train`
+   (paintings by "someone else" that teach the head a background logit), `val` (to choose the
+   open-set rule and its threshold) and `test` (artists never seen in any choice);
+4. the head (+ background logit) is trained by the probe trainer (`artlens.train.probe`, hyper-
+   parameters chosen on validation); the open-set methods (max probability, energy, centroid
+   distance, background logit) are compared on validation and the best one's threshold is chosen
+   there (`artlens.train.openset`);
 5. the test numbers: closed-set accuracy / macro-F1 / top-5 beside a nearest-centroid baseline, open-
    set AUROC, false attribution rate, unknown paintings called `unknown artist`, known paintings
    keeping their correct name (through `Predictor`, exactly as users see it).
 
 `ArtistTask.to_model(...)` gives a standalone model; `add_artist_task(model, task)` puts the head, its
-rule and its tensors into an existing model (the lead's default model) in one call.
+rule and its tensors into an existing model (the lead's default model).
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ log = logging.getLogger(__name__)
 TASK = "artist"
 UNKNOWN_LABEL = "unknown artist"
 SPLIT_COL = "artist_split"  # train / val / test / None (not used)
-ROLE_COL = "artist_role"  # known / unknown / excluded
-# Linear heads only: an artist head over CLIP features gains nothing from an MLP and the search
-# stays a few seconds on a CPU.
-LINEAR_CANDIDATES = [{"type": "linear", "weight_decay": [1e-4, 1e-3, 1e-2, 3e-2], "class_weight": [None, "balanced"]}]
+ROLE_COL = "artist_role"  # known / unknown
+# Linear heads only: over CLIP features an MLP gained < 1 point of accuracy on WikiArt's artists
+# (and no open-set AUROC), and a linear head keeps the background logit a plain linear score.
+LINEAR_CANDIDATES = [{"type": "linear", "weight_decay": [1e-3, 3e-3, 1e-2, 3e-2], "class_weight": [None, "balanced"]}]
 
 
 # ----------------------------------------------------------------------------- labels
@@ -94,8 +97,8 @@ class ArtistSplit:
                 n = int(((f[ROLE_COL] == role) & (f[SPLIT_COL] == part)).sum())
                 if n:
                     out[f"{role}_{part}"] = n
-        out["unknown_val_artists"] = int(f.loc[(f[ROLE_COL] == "unknown") & (f[SPLIT_COL] == "val"), "artist_label"].nunique())
-        out["unknown_test_artists"] = int(f.loc[(f[ROLE_COL] == "unknown") & (f[SPLIT_COL] == "test"), "artist_label"].nunique())
+        for part in ("train", "val", "test"):
+            out[f"unknown_{part}_artists"] = int(f.loc[(f[ROLE_COL] == "unknown") & (f[SPLIT_COL] == part), "artist_label"].nunique())
         return out
 
 
@@ -105,15 +108,16 @@ def open_set_split(
     column: str = "artist",
     min_per_class: int = 40,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-    unknown_val_fraction: float = 0.5,
+    unknown_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3),
     seed: int = 0,
     human_only: bool = True,
 ) -> ArtistSplit:
     """Known artists split by painting, kept-out artists split by artist (see the module docstring).
 
     `fractions`: train/val/test shares of each known artist's paintings (test may be 0 for a final
-    model). `unknown_val_fraction`: share of the kept-out artists' paintings (whole artists) used for
-    calibration; the rest are test unknowns. With `human_only`, rows whose `origin` is `ai` are left
+    model). `unknown_fractions`: train/val/test shares of the kept-out artists' paintings, whole
+    artists to each part: `train` ones teach the head's background ("someone else") logit, `val`
+    ones calibrate the open-set rule, `test` ones measure it. With `human_only`, rows whose `origin` is `ai` are left
     out (an AI image "in the style of" an artist is not by that artist).
     """
     import pandas as pd
@@ -168,17 +172,15 @@ def open_set_split(
     unknown_artists = np.array(sorted(kept_out))
     rng.shuffle(unknown_artists)
     total = sum(kept_out.values())
-    in_val, acc = set(), 0
-    for a in unknown_artists:  # whole artists to validation until it holds its share of paintings
-        if acc >= unknown_val_fraction * total:
-            break
-        in_val.add(a)
+    ufr = np.asarray(unknown_fractions, dtype=float)
+    bounds = np.cumsum(ufr / ufr.sum()) * total
+    part_of, acc = {}, 0
+    for a in unknown_artists:  # whole artists, in random order, fill train, then val, then test
+        k = int(np.searchsorted(bounds, acc, side="right"))
+        part_of[a] = ("train", "val", "test")[min(k, 2)]
         acc += kept_out[a]
     is_unknown = role == "unknown"
-    labels = f["artist_label"].to_numpy()
-    split[is_unknown] = np.where(np.isin(labels[is_unknown], list(in_val)), "val", "test")
-    if unknown_val_fraction >= 1.0:
-        split[is_unknown] = "val"
+    split[is_unknown] = [part_of[a] for a in f["artist_label"].to_numpy()[is_unknown]]
     f[SPLIT_COL] = split
     f[ROLE_COL] = role
     return ArtistSplit(frame=f.drop(columns=["_group"]), known=known, kept_out=kept_out, min_per_class=min_per_class)
@@ -195,6 +197,7 @@ class ArtistTask:
     std: np.ndarray
     centroids: np.ndarray  # (n_classes, dim) unit centroids of the training embeddings
     openset: dict  # `OpenSetCalibration.as_dict()`: the methods compared on validation
+    background: tuple[np.ndarray, np.ndarray] | None = None  # "someone else" logit (1, dim), (1,), standardised space
     metrics: dict = field(default_factory=dict)
     split: ArtistSplit | None = None
     backbone: dict = field(default_factory=dict)  # {"name", "feature_dim", "backbone_id"?}
@@ -218,24 +221,32 @@ class ArtistTask:
             out["open_set_test"] = {"auroc": m["open_set_test"]["rule"]["auroc"], **m["open_set_test"].get("predict", {})}
         return out
 
-    def tensors(self, norm: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def tensors(self, norm: tuple[np.ndarray, np.ndarray] | None = None, *, all_openset: bool = False) -> dict[str, np.ndarray]:
         """Tensors of this task for a model whose features are standardised with `norm`
-        (`(mean, std)`, or None for a model without `norm.*`)."""
-        (w0, b0), rest = self.layers[0], self.layers[1:]
+        (`(mean, std)`, or None for a model without `norm.*`). The `openset.*` tensors are those
+        its rule needs (`all_openset`: those of every method, to compare them)."""
+        name = self.task.name
         m2, s2 = (np.zeros_like(self.mean), np.ones_like(self.std)) if norm is None else norm
-        # The model feeds z = (x - m2) / s2; the head was trained on (x - m1) / s1 = (s2 z + m2 - m1) / s1.
-        w = w0 * (s2 / self.std)[None, :]
-        b = b0 + w0 @ ((m2 - self.mean) / self.std)
-        out = {f"heads.{self.task.name}.0.weight": w.astype(np.float32), f"heads.{self.task.name}.0.bias": b.astype(np.float32)}
+
+        def refold(w0, b0):
+            # The model feeds z = (x - m2) / s2; the head was trained on (x - m1) / s1 = (s2 z + m2 - m1) / s1.
+            return (w0 * (s2 / self.std)[None, :]).astype(np.float32), (b0 + w0 @ ((m2 - self.mean) / self.std)).astype(np.float32)
+
+        (w0, b0), rest = self.layers[0], self.layers[1:]
+        w, b = refold(w0, b0)
+        out = {f"heads.{name}.0.weight": w, f"heads.{name}.0.bias": b}
         for j, (wj, bj) in enumerate(rest, start=1):
             # Linear layers sit at positions 0, 3, 6, ... of `[Linear, ReLU, Dropout] * k + Linear`.
-            out[f"heads.{self.task.name}.{3 * j}.weight"] = wj.astype(np.float32)
-            out[f"heads.{self.task.name}.{3 * j}.bias"] = bj.astype(np.float32)
-        if self.task.unknown and self.task.unknown.get("method") == "centroid":
-            out[f"openset.{self.task.name}.centroids"] = self.centroids.astype(np.float32)
+            out[f"heads.{name}.{3 * j}.weight"] = wj.astype(np.float32)
+            out[f"heads.{name}.{3 * j}.bias"] = bj.astype(np.float32)
+        method = (self.task.unknown or {}).get("method")
+        if all_openset or method == "centroid":
+            out[f"openset.{name}.centroids"] = self.centroids.astype(np.float32)
+        if self.background is not None and (all_openset or method == "background"):
+            out[f"openset.{name}.background.weight"], out[f"openset.{name}.background.bias"] = refold(*self.background)
         return out
 
-    def to_model(self, config: dict | None = None):
+    def to_model(self, config: dict | None = None, *, all_openset: bool = False):
         """A standalone `ArtModel` with this one task (its own standardisation)."""
         from artlens.models.artmodel import ArtModel, new_config
 
@@ -244,7 +255,7 @@ class ArtistTask:
         cfg["tasks"] = [self.task]
         cfg.setdefault("metrics", {self.task.name: self.summary()})
         tensors = {"norm.mean": self.mean.astype(np.float32), "norm.std": self.std.astype(np.float32)}
-        tensors.update(self.tensors((self.mean, self.std)))
+        tensors.update(self.tensors((self.mean, self.std), all_openset=all_openset))
         return ArtModel(new_config(cfg), tensors)
 
 
@@ -349,9 +360,11 @@ def train_artist_task(
     column: str = "artist",
     min_per_class: int = 40,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-    unknown_val_fraction: float = 0.5,
+    unknown_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3),
+    background: bool = True,
     target_known: float = 0.8,
     target_unknown: float | None = 0.8,
+    known_rate: str = "correct",
     methods: tuple[str, ...] = openset.METHODS,
     select_by: str = "auroc",
     candidates: list[dict] | None = None,
@@ -363,13 +376,18 @@ def train_artist_task(
     """Train the artist head with its open-set rule from a manifest and its embeddings.
 
     `vectors` are aligned with `df` rows (as `embed_manifest` returns them); rows where `ok_mask` is
-    False (or the vector is not finite) are left out. `target_known` / `target_unknown`: the shares
-    of known paintings keeping their correct name and of unknown ones called `unknown artist` that
-    the threshold aims for on validation (see `openset.choose_threshold`). Returns an
-    `ArtistTask` whose `metrics` hold the split counts, the kept-out artists, the validation
-    comparison of the open-set methods and the test numbers.
+    False (or the vector is not finite) are left out. With `background`, the head is trained with
+    one more class, "someone else", on the paintings of the kept-out artists of the `train` part of
+    `unknown_fractions` (outlier exposure); that logit is kept apart from the head's labels as the
+    `background` open-set method's data, so the head still names only known artists. The open-set
+    methods are compared on validation (`select_by`), and the threshold aims at `target_known` /
+    `target_unknown` (see `openset.choose_threshold`; `known_rate` says whether `target_known`
+    counts correct names or any name). Returns an `ArtistTask` whose `metrics` hold the split
+    counts, the kept-out artists, the validation comparison of the methods and the test numbers.
     """
     from artlens.models.artmodel import TaskConfig
+    from artlens.models.heads import linear_indices
+    from artlens.train.calibrate import fit_temperature
     from artlens.train.probe import train_probe
 
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -378,65 +396,79 @@ def train_artist_task(
     ok = np.isfinite(vectors).all(axis=1)
     if ok_mask is not None:
         ok &= np.asarray(ok_mask, dtype=bool)
-    sub = df[ok]
-    sp = open_set_split(
-        sub, column=column, min_per_class=min_per_class, fractions=fractions,
-        unknown_val_fraction=unknown_val_fraction, seed=seed,
-    )
+    sp = open_set_split(df[ok], column=column, min_per_class=min_per_class, fractions=fractions,
+                        unknown_fractions=unknown_fractions, seed=seed)
     f = sp.frame
     X = vectors[np.flatnonzero(ok)[f["row"].to_numpy()]]
     labels = sp.known
+    K = len(labels)
     index = {a: i for i, a in enumerate(labels)}
     y = np.array([index.get(a, -1) for a in f["artist_label"]], dtype=np.int64)
     role, split = f[ROLE_COL].to_numpy(), f[SPLIT_COL].to_numpy()
-    known_split = np.where(role == "known", split, "none").astype(str)
+    is_known, is_unknown = role == "known", role == "unknown"
+    use_bg = background and bool((is_unknown & (split == "train")).any())
 
+    # The probe trainer sees the known artists (+ "someone else": the train and val unknowns).
+    targets = y.copy()
+    probe_split = np.where(is_known, split, "none").astype(object)
+    probe_labels = list(labels)
     pcfg, calibration = _probe_config(candidates, threads)
-    res = train_probe(X, {TASK: y}, known_split, [{"name": TASK, "labels": labels, "column": column}],
+    if use_bg:
+        bg_rows = is_unknown & np.isin(split, ["train", "val"])
+        targets[bg_rows] = K
+        probe_split[bg_rows] = split[bg_rows]
+        probe_labels.append("\x00someone else")  # never a real artist's name
+        pcfg["candidates"] = [c for c in pcfg["candidates"] if c.get("type", "linear") == "linear"]
+        if not pcfg["candidates"]:
+            raise ValueError("the background logit needs a linear head: give linear candidates")
+    res = train_probe(X, {TASK: targets}, probe_split.astype(str), [{"name": TASK, "labels": probe_labels, "column": column}],
                       pcfg, calibration, seed=seed, progress=progress)
     r = res.results[TASK]
-    from artlens.models.heads import linear_indices
-
     layers = [
         (r.head[i].weight.detach().cpu().numpy().astype(np.float32), r.head[i].bias.detach().cpu().numpy().astype(np.float32))
         for i in linear_indices(r.head)
     ]
-    tr = (role == "known") & (split == "train")
-    centroids = openset.class_centroids(X[tr], y[tr], len(labels))
+    bg = None
+    if use_bg:  # the last output is the background logit: kept apart from the labels
+        (w, b) = layers[-1]
+        layers[-1] = (w[:K], b[:K])
+        bg = (w[K:], b[K:])
+    tr, kv, kt = is_known & (split == "train"), is_known & (split == "val"), is_known & (split == "test")
+    uv, ut = is_unknown & (split == "val"), is_unknown & (split == "test")
+    centroids = openset.class_centroids(X[tr], y[tr], K)
     task = TaskConfig(name=TASK, labels=list(labels), column=column, hidden=list(r.hidden), dropout=float(r.dropout),
-                      temperature=float(r.temperature), threshold=0.0, unknown=None)
+                      temperature=1.0, threshold=0.0, unknown=None)
     bb = dict(backbone or {})
     bb.setdefault("feature_dim", int(X.shape[1]))
+    cfg = {"backbone": {"name": bb.get("name", "features"), "feature_dim": int(X.shape[1])}}
     art = ArtistTask(task=task, layers=layers, mean=res.mean, std=res.std, centroids=centroids, openset={},
-                     split=sp, backbone=bb)
+                     split=sp, backbone=bb, background=bg)
+    # Temperature of the probabilities users see (softmax over the known artists only).
+    task.temperature = float(fit_temperature(art.to_model(cfg).head_logits(X[kv])[TASK], y[kv]))
 
     # Open set: compare the methods on validation (known val paintings vs whole held-out artists).
-    model = art.to_model({"backbone": {"name": bb.get("name", "features"), "feature_dim": int(X.shape[1])}})
-    kv = (role == "known") & (split == "val")
-    uv = (role == "unknown") & (split == "val")
-    cal = openset.calibrate(model, TASK, X[kv], y[kv], X[uv], centroids=centroids, methods=methods,
-                            target_known=target_known, target_unknown=target_unknown, label=UNKNOWN_LABEL, select_by=select_by)
+    scoring = art.to_model(cfg, all_openset=True)
+    cal = openset.calibrate(scoring, TASK, X[kv], y[kv], X[uv], methods=methods, target_known=target_known,
+                            target_unknown=target_unknown, known_rate=known_rate, label=UNKNOWN_LABEL, select_by=select_by)
     task.unknown = cal.rule
     art.openset = cal.as_dict()
-    model = art.to_model({"backbone": {"name": bb.get("name", "features"), "feature_dim": int(X.shape[1])}})
+    model = art.to_model(cfg)
 
     metrics: dict[str, Any] = {"split": sp.counts(), "kept_out": sp.kept_out, "selected_head": r.chosen,
-                               "temperature": round(float(r.temperature), 4), "open_set_validation": art.openset}
-    kt = (role == "known") & (split == "test")
-    ut = (role == "unknown") & (split == "test")
+                               "background": use_bg, "temperature": round(task.temperature, 4),
+                               "open_set_validation": art.openset}
     for part, m in (("val", kv), ("test", kt)):
         if m.any():
             proba = model.predict_proba(X[m])[TASK]
-            metrics[f"closed_set_{part}"] = closed_set_metrics(proba, y[m], len(labels))
-            metrics[f"nearest_centroid_{part}"] = closed_set_metrics(nearest_centroid_scores(X[m], centroids), y[m], len(labels))
+            metrics[f"closed_set_{part}"] = closed_set_metrics(proba, y[m], K)
+            metrics[f"nearest_centroid_{part}"] = closed_set_metrics(nearest_centroid_scores(X[m], centroids), y[m], K)
     if kt.any() or ut.any():
+        scoring.task(TASK).unknown = cal.rule
+        sk = openset.model_known_scores(scoring, TASK, X[kt])
+        su = openset.model_known_scores(scoring, TASK, X[ut]) if ut.any() else {}
         metrics["open_set_test"] = {
-            "rule": openset.evaluate_rule(model, TASK, cal.rule, X[kt], y[kt], X[ut], centroids=centroids),
-            "auroc_by_method": {
-                meth: round(openset.auroc(s_k, s_u), 4)
-                for meth, s_k in openset.model_known_scores(model, TASK, X[kt], centroids).items()
-                for s_u in [openset.model_known_scores(model, TASK, X[ut], centroids)[meth]]
-            } if kt.any() and ut.any() else {},
+            "rule": openset.evaluate_rule(scoring, TASK, cal.rule, X[kt], y[kt], X[ut]),
+            "auroc_by_method": {k: round(openset.auroc(sk[k], su[k]), 4) for k in sk if k in su},
             "predict": predictor_rates(model, X[kt], y[kt], X[ut]),
         }
     art.metrics = metrics

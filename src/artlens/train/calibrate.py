@@ -116,7 +116,7 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, labels: list
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     accepted = conf >= threshold
-    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)))) + 0.0  # no -0.0
     return {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),

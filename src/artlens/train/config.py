@@ -44,13 +44,13 @@ DEFAULTS: dict[str, Any] = {
         "metric": "macro_f1",  # selection metric on validation data: macro_f1 | accuracy
         # The search space: each candidate is a grid (lists are expanded). Types: linear | mlp.
         "candidates": [
-            {"type": "linear", "weight_decay": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "class_weight": [None, "balanced"]},
-            {"type": "mlp", "hidden": [[1024]], "dropout": [0.5], "weight_decay": [1e-4, 1e-2],
+            {"type": "linear", "weight_decay": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "class_weight": [None, "balanced"]},
+            {"type": "mlp", "hidden": [[1024]], "dropout": [0.5], "weight_decay": [0.05], "lr": 3e-4,
              "class_weight": ["balanced"]},
         ],
         "max_iter": 300,  # LBFGS iterations (linear heads)
-        "epochs": 60,  # MLP epochs (the best epoch, checked every `eval_every`, is kept)
-        "eval_every": 5,
+        "epochs": 40,  # MLP epochs (the best epoch, checked every `eval_every`, is kept)
+        "eval_every": 2,
         "lr": 1e-3,
         "batch_size": 256,
         "ensemble": 1,  # seeds of the selected MLP averaged (merged exactly into one wider head)

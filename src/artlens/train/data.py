@@ -151,12 +151,12 @@ def balanced_subsample(df, column: str | None, per_class: int, seed: int = 0):
                        if c in df.columns and df[c].notna().any()), None)
         if column is None:
             return df
-    values = task_values(df, column)
+    values = task_values(df, column).to_numpy(dtype=object)
     rng = np.random.default_rng(seed)
-    keep = np.zeros(len(df), bool)
-    keep[values.isna().to_numpy()] = True
-    for _, idx in values.dropna().groupby(values.dropna()).groups.items():
-        idx = np.asarray([df.index.get_loc(i) for i in idx])
+    missing = np.array([v is None for v in values])
+    keep = missing.copy()
+    for label in sorted({v for v in values[~missing]}):
+        idx = np.flatnonzero(values == label)
         keep[rng.permutation(idx)[:per_class]] = True
     return df[keep].reset_index(drop=True)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +267,7 @@ class ArtClassifier(L.LightningModule):
         if pen is not None:
             loss = loss + pen
         bs = y.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         if len(parts) > 1:
             for k, v in parts.items():
                 self.log(f"train/{k}/loss", v, on_step=False, on_epoch=True, batch_size=bs)

@@ -11,8 +11,12 @@ applies, in the form stored in `TaskConfig.unknown`:
 | `max_prob` | top softmax probability (temperature applied) | prob < threshold           |
 | `energy`   | T * logsumexp(z / T) of the raw logits        | energy (= -score) > threshold |
 | `centroid` | max cosine to the classes' embedding centroids | cosine < threshold        |
+| `background` | best known class's share of softmax([logits, background logit]) | share < threshold |
 
-The centroid rule needs its centroids in the model as the tensor `openset.<task>.centroids`.
+The centroid rule needs its centroids in the model as the tensor `openset.<task>.centroids`; the
+background rule a linear "someone else" logit trained beside the head on paintings by other
+artists (outlier exposure, Hendrycks et al. 2019), as `openset.<task>.background.weight` (1, dim)
+and `.bias` (1,) over the model's standardised features.
 Thresholds are chosen on validation data that holds out whole classes (unknown artists).
 """
 
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-METHODS = ("max_prob", "energy", "centroid")
+METHODS = ("max_prob", "energy", "centroid", "background")
 DEFAULT_LABEL = "unknown artist"
 
 
@@ -59,6 +63,7 @@ def known_scores(
     probs: np.ndarray | None = None,
     features: np.ndarray | None = None,
     centroids: np.ndarray | None = None,
+    background_logit: np.ndarray | None = None,
     energy_temperature: float = 1.0,
 ) -> np.ndarray:
     """Known score per row for one method (higher = more like a known class)."""
@@ -70,22 +75,34 @@ def known_scores(
         if centroids is None:
             raise ValueError("the centroid method needs class centroids")
         return (l2n(features) @ l2n(centroids).T).max(axis=1).astype(np.float64)
+    if method == "background":
+        if background_logit is None:
+            raise ValueError("the background method needs the background logit")
+        z = np.concatenate([np.asarray(logits, np.float64), np.asarray(background_logit, np.float64).reshape(-1, 1)], axis=1)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p[:, :-1].max(axis=1) / p.sum(axis=1)
     raise ValueError(f"unknown open-set method {method!r} (choose from {', '.join(METHODS)})")
 
 
 def model_known_scores(model, task: str, features: np.ndarray, centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Known scores of every method for `features`, computed through the ArtModel as predict does."""
+    """Known scores of every method the model has data for, computed as `Predictor` computes them."""
     t = model.task(task)
     logits = model.head_logits(features)[task]
     probs = model.predict_proba(features)[task]
     if centroids is None:
         centroids = model.tensors.get(f"openset.{task}.centroids")
+    bg = None
+    if f"openset.{task}.background.weight" in model.tensors:
+        w, b = model.tensors[f"openset.{task}.background.weight"], model.tensors[f"openset.{task}.background.bias"]
+        bg = (model.normalise(features) @ w.T + b)[:, 0]
     out = {}
     for m in METHODS:
-        if m == "centroid" and centroids is None:
+        if (m == "centroid" and centroids is None) or (m == "background" and bg is None):
             continue
         temp = float((t.unknown or {}).get("energy_temperature", 1.0)) if m == "energy" else 1.0
-        out[m] = known_scores(m, logits=logits, probs=probs, features=features, centroids=centroids, energy_temperature=temp)
+        out[m] = known_scores(m, logits=logits, probs=probs, features=features, centroids=centroids,
+                              background_logit=bg, energy_temperature=temp)
     return out
 
 
@@ -173,6 +190,9 @@ def choose_threshold(
 ) -> OperatingPoint:
     """The threshold of a known score, chosen on validation data.
 
+    (To aim at the share of known paintings that keep *a* name rather than their correct one,
+    pass `correct` all True.)
+
     `known`/`correct`: scores of known-class paintings and whether the head names them correctly;
     `unknown`: scores of paintings by held-out classes. Cuts lie half-way between neighbouring
     scores (never on a sample). In order of preference:
@@ -239,6 +259,7 @@ def calibrate(
     methods: Sequence[str] = METHODS,
     target_known: float = 0.8,
     target_unknown: float | None = 0.8,
+    known_rate: str = "correct",
     label: str = DEFAULT_LABEL,
     select_by: str = "auroc",
 ) -> OpenSetCalibration:
@@ -247,8 +268,12 @@ def calibrate(
     `known_features`/`known_y`: validation paintings of the head's classes (y indexes its labels);
     `unknown_features`: validation paintings of classes the head never saw (whole artists held out).
     `select_by` is `auroc` (threshold-free separation) or `unknown_rejected` (rejection at the
-    chosen threshold). Scores run through `model` exactly as `Predictor` computes them.
+    chosen threshold). `known_rate`: `correct` (target_known applies to known paintings keeping
+    their correct name) or `accepted` (keeping any name). Scores run through `model` exactly as
+    `Predictor` computes them.
     """
+    if known_rate not in ("correct", "accepted"):
+        raise ValueError(f"known_rate must be 'correct' or 'accepted', not {known_rate!r}")
     if len(unknown_features) == 0:
         raise ValueError("open-set calibration needs validation paintings of unknown classes")
     if centroids is not None:
@@ -256,13 +281,16 @@ def calibrate(
     known_y = np.asarray(known_y, dtype=np.int64)
     pred = model.predict_proba(known_features)[task].argmax(axis=1)
     correct = pred == known_y
+    target_correct = correct if known_rate == "correct" else np.ones_like(correct)
     sk = model_known_scores(model, task, known_features, centroids)
     su = model_known_scores(model, task, unknown_features, centroids)
     results: dict[str, dict] = {}
     for m in methods:
         if m not in sk:
             continue
-        op = choose_threshold(sk[m], correct, su[m], target_known=target_known, target_unknown=target_unknown)
+        op = choose_threshold(sk[m], target_correct, su[m], target_known=target_known, target_unknown=target_unknown)
+        if known_rate == "accepted":  # report the real correct-name share at that cut
+            op = operating_point(op.threshold, sk[m], correct, su[m], criterion=op.criterion + " (known accepted)")
         results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
     if not results:
         raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
@@ -274,7 +302,13 @@ def calibrate(
 
     best = max(results, key=key)
     rule = make_rule(best, results[best]["operating_point"]["threshold"], label=label)
-    tensors = {f"openset.{task}.centroids": centroids.astype(np.float32)} if best == "centroid" else {}
+    if best == "centroid":
+        c = centroids if centroids is not None else model.tensors[f"openset.{task}.centroids"]
+        tensors = {f"openset.{task}.centroids": np.asarray(c, np.float32)}
+    elif best == "background":
+        tensors = {k: v for k, v in model.tensors.items() if k.startswith(f"openset.{task}.background.")}
+    else:
+        tensors = {}
     return OpenSetCalibration(method=best, rule=rule, tensors=tensors, methods=results)
 
 

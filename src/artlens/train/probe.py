@@ -257,7 +257,7 @@ def train_task(name: str, labels: list[str], X: np.ndarray, y: np.ndarray, split
         trial = {"candidate": c, "describe": _describe(c), f"val_{metric}": s, "val_nll": nll,
                  "seconds": round(time.perf_counter() - t0, 2)}
         trials.append(trial)
-        log.info("%s: %s -> val %s %.4f (nll %.3f)", name, trial["describe"], metric, s, nll)
+        log.debug("%s: %s -> val %s %.4f (nll %.3f)", name, trial["describe"], metric, s, nll)
         if best is None or (s, -nll) > (best[0], -best[1]):
             best = (s, nll, c, head)
         if progress is not None:
@@ -267,7 +267,9 @@ def train_task(name: str, labels: list[str], X: np.ndarray, y: np.ndarray, split
     if chosen["type"] == "mlp" and n_ens > 1:
         t0 = time.perf_counter()
         members = [head] + [
-            _fit({k: v for k, v in chosen.items() if k != "best_epoch"}, Xtr, ytr, Xv, yv, n_classes, pcfg, metric, seed + 1 + i)[0] for i in range(n_ens - 1)
+            _fit({k: v for k, v in chosen.items() if k != "best_epoch"}, Xtr, ytr, Xv, yv, n_classes, pcfg, metric,
+                 seed + 1 + i)[0]
+            for i in range(n_ens - 1)
         ]
         merged = merge_heads(members)
         s, nll_e = _score(_logits(merged, Xv), yv, metric)
