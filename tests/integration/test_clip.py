@@ -81,11 +81,17 @@ def shared_datasets_module():
 
 
 def test_onnx_model_is_built_once_into_the_cache():
+    import onnx
+
     path = C.clip_onnx_path()
     assert path.parent == cache_dir() / "models" and path.suffix == ".onnx"
     mtime = path.stat().st_mtime_ns
     assert C.clip_onnx_path() == path and path.stat().st_mtime_ns == mtime
-    assert not list(path.parent.glob(".*.tmp"))  # no leftovers from the atomic write
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    assert "DynamicQuantizeLinear" not in ops  # the batch-wide quantization is gone
+    assert ops.count("MatMulIntegerToFloat") == 73  # every linear layer stays INT8
+    assert ops.count("MultiHeadAttention") == 12  # the fused build passed its self-check
 
 
 def test_onnx_embeddings_do_not_depend_on_the_batch(session, pixels):
@@ -97,7 +103,9 @@ def test_onnx_embeddings_do_not_depend_on_the_batch(session, pixels):
     order = np.random.default_rng(1).permutation(32)
     mixed_in = np.concatenate([probe, mates])[order]
     mixed_out = C.clip_embed(session, mixed_in)[np.argsort(order)][:6]
-    for other in (reversed_batch, mixed_out):
+    with C.ClipOnnxRunner(workers=2) as runner:  # slices of the batch on two sessions
+        runner_out = runner(mixed_in)[np.argsort(order)][:6]
+    for other in (reversed_batch, mixed_out, runner_out):
         cos = _cos(alone, other)
         assert cos.min() >= 0.999, cos
     # different images stay different

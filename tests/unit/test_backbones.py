@@ -254,3 +254,42 @@ def test_rewrite_rejects_a_model_without_dynamic_quantization(tmp_path):
     with pytest.raises(ValueError, match="no dynamically quantized MatMul"):
         C.build_batch_independent_onnx(fp32, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _toy_encoder(tmp_path):
+    """An ONNX model with the CLIP encoder's interface: per-image mean colour -> 512-d."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixel_values"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["m", "W"], ["image_embeds"]),
+        ],
+        "toy",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["N", 512])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "toy.onnx"))
+    return tmp_path / "toy.onnx"
+
+
+def test_runner_splits_batches_across_sessions_in_order(tmp_path):
+    import onnxruntime as ort
+
+    path = _toy_encoder(tmp_path)
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for _ in range(3)]
+    x = np.random.default_rng(1).standard_normal((7, 3, 224, 224)).astype(np.float32)
+    expected = sessions[0].run(["image_embeds"], {"pixel_values": x})[0]
+    with C.ClipOnnxRunner(sessions=sessions) as runner:
+        assert runner.workers == 3
+        assert np.allclose(runner(x), expected, atol=1e-5)
+        assert np.allclose(C.clip_embed(runner, x[:2]), expected[:2], atol=1e-5)  # fewer images than workers
+        assert runner(x[:0]).shape == (0, 512)
+        with pytest.raises(ValueError, match=r"expected \(N, 3, 224, 224\)"):
+            runner(x[:, :, :100])
+    assert np.allclose(C.clip_embed(sessions[1], x), expected, atol=1e-5)

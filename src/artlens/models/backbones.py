@@ -20,7 +20,7 @@ import fnmatch
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 __all__ = [
     "BackboneSpec",
@@ -350,7 +350,3 @@ def _register_defaults() -> None:
 
 _register_defaults()
 
-
-def with_spec(name: str, **changes) -> BackboneSpec:
-    """A copy of `name`'s spec with fields changed (e.g. a larger input size for fine-tuning)."""
-    return replace(get_spec(name), **changes)

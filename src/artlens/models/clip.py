@@ -51,6 +51,7 @@ __all__ = [
     "clip_onnx_session",
     "clip_onnx_path",
     "clip_embed",
+    "ClipOnnxRunner",
     "clip_torch_model",
     "clip_state_dict",
     "clip_vision_config",
@@ -443,36 +444,100 @@ def clip_onnx_path(weights: str | os.PathLike | None = None) -> Path:
     return dst
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def clip_onnx_session(
     weights: str | os.PathLike | None = None,
     *,
     threads: int | None = None,
+    spin: bool = False,
     providers: list[str] | None = None,
 ) -> onnxruntime.InferenceSession:
     """An onnxruntime session over the batch-independent CLIP image encoder.
 
     Input `pixel_values` float32 (N, 3, 224, 224) from `clip_preprocess`; output `image_embeds`
-    (N, 512), not normalised. `threads`: intra-op threads (default: all cores)."""
+    (N, 512), not normalised. `threads`: intra-op threads (default: the usable cores).
+    `spin=False` turns off onnxruntime's busy-waiting between kernels: measured here it is 5-30 %
+    faster when other processes (image decoding workers, other jobs) share the cores, and costs
+    little when they do not. For throughput over many images prefer `ClipOnnxRunner`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.intra_op_num_threads = int(threads or _cores())
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         str(clip_onnx_path(weights)), opts, providers=providers or ["CPUExecutionProvider"]
     )
 
 
-def clip_embed(session, pixel_values: np.ndarray) -> np.ndarray:
-    """Run `session` on (N, 3, 224, 224) float32: (N, 512) float32 raw (un-normalised) embeddings."""
+def _check_pixels(pixel_values) -> np.ndarray:
     x = np.ascontiguousarray(pixel_values, dtype=np.float32)
     if x.ndim != 4 or x.shape[1:] != (3, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE):
         raise ValueError(f"expected (N, 3, 224, 224) pixel values, got {x.shape}")
+    return x
+
+
+def clip_embed(session, pixel_values: np.ndarray) -> np.ndarray:
+    """Run `session` (an InferenceSession or a `ClipOnnxRunner`) on (N, 3, 224, 224) float32:
+    (N, 512) float32 raw (un-normalised) embeddings."""
+    if isinstance(session, ClipOnnxRunner):
+        return session(pixel_values)
+    x = _check_pixels(pixel_values)
     if len(x) == 0:
         return np.zeros((0, CLIP_EMBED_DIM), np.float32)
     return session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+
+
+class ClipOnnxRunner:
+    """Throughput form of the ONNX encoder: `workers` single-threaded sessions that each take a
+    slice of the batch, side by side (onnxruntime releases the GIL). Measured on 2 shared cores it
+    embeds 5-15 % more images/s than one 2-thread session: no barrier between threads after each of
+    the model's ~600 kernels. The model is batch-independent, so slicing does not change results.
+
+        runner = ClipOnnxRunner()              # one session per usable core
+        emb = runner(pixel_values)             # (N, 512) float32, not normalised
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, *, workers: int | None = None, sessions=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if sessions is not None:  # ready-made sessions (other providers, tests)
+            self.sessions = list(sessions)
+            self.workers = len(self.sessions)
+        else:
+            self.workers = max(1, int(workers or _cores()))
+            self.sessions = [clip_onnx_session(weights, threads=1) for _ in range(self.workers)]
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clip-onnx") if self.workers > 1 else None
+
+    def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
+        x = _check_pixels(pixel_values)
+        if len(x) == 0:
+            return np.zeros((0, CLIP_EMBED_DIM), np.float32)
+        parts = [p for p in np.array_split(x, min(self.workers, len(x))) if len(p)]
+        if self._pool is None or len(parts) == 1:
+            return self.sessions[0].run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+        outs = self._pool.map(lambda sp: sp[0].run([ONNX_OUTPUT], {ONNX_INPUT: sp[1]})[0], zip(self.sessions, parts))
+        return np.concatenate(list(outs))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def calibrate(
     methods: Sequence[str] = METHODS,
     target_known: float = 0.8,
     target_unknown: float | None = 0.8,
-    known_rate: str = "correct",
+    known_rate: str = "accepted",
     label: str = DEFAULT_LABEL,
     select_by: str = "auroc",
 ) -> OpenSetCalibration:
@@ -268,9 +268,10 @@ def calibrate(
     `known_features`/`known_y`: validation paintings of the head's classes (y indexes its labels);
     `unknown_features`: validation paintings of classes the head never saw (whole artists held out).
     `select_by` is `auroc` (threshold-free separation) or `unknown_rejected` (rejection at the
-    chosen threshold). `known_rate`: `correct` (target_known applies to known paintings keeping
-    their correct name) or `accepted` (keeping any name). Scores run through `model` exactly as
-    `Predictor` computes them.
+    chosen threshold). `known_rate`: what `target_known` counts, `accepted` (known paintings the
+    rule leaves a name: the rule's own cost) or `correct` (known paintings keeping their correct
+    name, bounded by the head's accuracy). Scores run through `model` exactly as `Predictor`
+    computes them.
     """
     if known_rate not in ("correct", "accepted"):
         raise ValueError(f"known_rate must be 'correct' or 'accepted', not {known_rate!r}")
