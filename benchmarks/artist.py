@@ -53,18 +53,27 @@ def load_manifest(root: Path, manifest: Path | None):
 
 
 def store_vectors(df, store_root: Path | None, backbone_id: str | None):
-    """Vectors of the manifest rows from the store directory of CLIP that covers most of them."""
+    """Vectors of the manifest rows from the store: by default the current CLIP encoder's (the one
+    `predict` uses), else the CLIP store directory covering most rows."""
     import json as _json
 
     from artlens.embed import EmbeddingStore, default_store_root
 
     root = Path(store_root) if store_root else default_store_root()
-    ids = [backbone_id] if backbone_id else [
-        _json.loads((d / "backbone.json").read_text())["backbone_id"]
-        for d in sorted(root.glob(f"{BACKBONE}-*")) if (d / "backbone.json").is_file()
-    ]
+    ids = [backbone_id] if backbone_id else []
+    if not ids:
+        try:
+            from artlens.embed import get_encoder
+
+            ids.append(get_encoder(BACKBONE).backbone_id)
+        except Exception as exc:  # no weights here: fall back to whatever the store holds
+            print(f"(CLIP encoder not available: {exc})", file=sys.stderr)
+        ids += [
+            _json.loads((d / "backbone.json").read_text())["backbone_id"]
+            for d in sorted(root.glob(f"{BACKBONE}-*")) if (d / "backbone.json").is_file()
+        ]
     best = None
-    for bid in ids:
+    for bid in dict.fromkeys(ids):  # in order of preference; a later one must cover strictly more
         store = EmbeddingStore(root, bid)
         vectors, found = store.get(list(df["sha256"]))
         if best is None or found.sum() > best[1].sum():

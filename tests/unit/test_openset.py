@@ -235,3 +235,16 @@ def test_without_background_the_method_is_not_offered():
                             candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
     assert art.background is None and not art.metrics["background"]
     assert set(art.metrics["open_set_validation"]["methods"]) == {"max_prob", "energy", "centroid"}
+
+
+def test_final_model_without_test_split():
+    """Shipping: every known painting but the validation ones trains the head; no test numbers."""
+    import torch
+
+    torch.set_num_threads(1)
+    df, X = _clusters(n_known=3, n_unknown=6, per_known=40, per_unknown=10, seed=4)
+    art = train_artist_task(df, X, min_per_class=40, fractions=(0.8, 0.2, 0.0), unknown_fractions=(0.7, 0.3, 0.0),
+                            threads=1, candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    s = art.metrics["split"]
+    assert s["known_train"] == 3 * 32 and s["known_val"] == 3 * 8 and "known_test" not in s and "unknown_test" not in s
+    assert "open_set_test" not in art.metrics and art.task.unknown["label"] == "unknown artist"

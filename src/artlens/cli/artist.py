@@ -98,7 +98,8 @@ def print_artist_report(m: dict, console) -> None:
     console.print(
         f"[bold]{s['known_artists']}[/bold] known artists (>= {s['min_per_class']} paintings); "
         f"{s['kept_out_artists']} artists ({s['kept_out_paintings']} paintings) kept out of the head and used as unknown "
-        f"artists: {s.get('unknown_val_artists', 0)} for validation, {s.get('unknown_test_artists', 0)} for test."
+        f"artists: {s.get('unknown_train_artists', 0)} train its background logit, {s.get('unknown_val_artists', 0)} "
+        f"calibrate the rule, {s.get('unknown_test_artists', 0)} test it."
     )
     t = Table(title="closed set (known artists, held-out paintings)")
     for c in ("split", "model", "n", "accuracy", "macro-F1", "top-5"):
@@ -111,11 +112,11 @@ def print_artist_report(m: dict, console) -> None:
     console.print(t)
     v = m["open_set_validation"]
     t = Table(title="open set on validation (whole artists held out)")
-    for c in ("method", "AUROC", "threshold", "known correct", "unknown rejected", "chosen"):
+    for c in ("method", "AUROC", "threshold", "known named", "known correct", "unknown rejected", "chosen"):
         t.add_column(c)
     for meth, r in v["methods"].items():
         op = r["operating_point"]
-        t.add_row(meth, f"{r['auroc']:.3f}", f"{op['threshold']:.4g}", f"{op['known_correct']:.1%}",
+        t.add_row(meth, f"{r['auroc']:.3f}", f"{op['threshold']:.4g}", f"{op['known_accepted']:.1%}", f"{op['known_correct']:.1%}",
                   f"{op['unknown_rejected']:.1%}", "yes" if meth == v["method"] else "")
     console.print(t)
     ot = m.get("open_set_test")
@@ -123,7 +124,8 @@ def print_artist_report(m: dict, console) -> None:
         p, r = ot.get("predict", {}), ot["rule"]
         console.print(
             f"test, rule {v['rule']}: AUROC {r['auroc']:.3f}; known paintings keeping their correct name "
-            f"[bold]{p.get('known_correct_name', float('nan')):.1%}[/bold]; unknown-artist paintings called "
+            f"[bold]{p.get('known_correct_name', float('nan')):.1%}[/bold] (a name: "
+            f"{p.get('known_correct_name', float('nan')) + p.get('known_wrong_name', float('nan')):.1%}); unknown-artist paintings called "
             f"'unknown artist' [bold]{p.get('unknown_called_unknown', float('nan')):.1%}[/bold]; false attribution "
             f"rate {p.get('false_attribution_rate', float('nan')):.1%}"
         )

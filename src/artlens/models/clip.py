@@ -498,10 +498,11 @@ def clip_embed(session, pixel_values: np.ndarray) -> np.ndarray:
 
 
 class ClipOnnxRunner:
-    """Throughput form of the ONNX encoder: `workers` single-threaded sessions that each take a
-    slice of the batch, side by side (onnxruntime releases the GIL). Measured on 2 shared cores it
-    embeds 5-15 % more images/s than one 2-thread session: no barrier between threads after each of
-    the model's ~600 kernels. The model is batch-independent, so slicing does not change results.
+    """Data-parallel form of the ONNX encoder: `workers` single-threaded sessions that each take a
+    slice of the batch, side by side (onnxruntime releases the GIL), with no barrier between
+    threads after each of the model's ~500 kernels. The model is batch-independent, so slicing does
+    not change results. On the shared 2-core dev machine it measured 0.88-1.13x the images/s of one
+    2-thread session (noisy); benchmark both in the real pipeline before choosing.
 
         runner = ClipOnnxRunner()              # one session per usable core
         emb = runner(pixel_values)             # (N, 512) float32, not normalised
