@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     model.save(args.out)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     write_model_card(model, args.out, prepared, gen)
+    # The run's manifest holds this machine's absolute paths: not part of the shipped model.
+    (args.out / "manifest.parquet").unlink(missing_ok=True)
     print(f"default model written to {args.out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
@@ -161,6 +163,8 @@ def write_model_card(model, out: Path, prepared, gen: dict) -> None:
     test = m.get("test") or {}
     for t in model.tasks:
         r = test.get(t.name) or (m.get("val") or {}).get(t.name) or {}
+        if not r:  # the artist head reports its own open-set metrics below
+            continue
         where = "" if t.name in test else " (val)"
         lines.append(
             f"| {t.name}{where} | {r.get('n', '-')} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('macro_f1'))} | "
@@ -183,6 +187,11 @@ def write_model_card(model, out: Path, prepared, gen: dict) -> None:
               "- All human training images are WikiArt thumbnails or framed Louvre photographs, and the",
               "  AI images were re-encoded to match (224 px, JPEG 75); run `artlens evaluate --robustness`",
               "  on your own data before relying on the origin head.",
+              "- Famous works that generators were prompted to imitate can be called AI: the shipped",
+              "  example of Hokusai's Great Wave gets origin `ai` ~75%, since 'style of Hokusai' images are in",
+              "  the AI training set. Treat a high `ai` probability on a well-known work with suspicion.",
+              "- The genre head learned from framed museum photographs; on plain reproductions it is",
+              "  overconfident (it reports near-100% probabilities).",
               "- Styles and genres outside the label lists are forced into the nearest known class (watch the",
               "  probabilities and `unsure`). Artists outside the trained list should come back `unknown artist`.",
               "- Probabilities are calibrated (temperature scaling) on the validation split of this data;",
