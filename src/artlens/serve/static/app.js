@@ -311,7 +311,11 @@
     try {
       const body = new FormData();
       body.append("file", state.file, state.file.name);
-      const data = await api(`/v1/explain?format=json&task=${encodeURIComponent(task)}`, { method: "POST", body });
+      // Explain the label the page shows: the fp32 Grad-CAM model's own top class can differ
+      // slightly from the INT8 prediction on close calls.
+      const pred = state.prediction && state.prediction.tasks && state.prediction.tasks[task];
+      const target = pred && pred.top && pred.top.length ? `&target_class=${encodeURIComponent(pred.top[0].label)}` : "";
+      const data = await api(`/v1/explain?format=json&task=${encodeURIComponent(task)}${target}`, { method: "POST", body });
       if (run !== state.run) return;
       el.overlay.src = `data:${data.overlay.media_type};base64,${data.overlay.base64}`;
       const what = `${taskTitle(data.task).toLowerCase()} “${labelText(data.task, data.label)}” (${pct(data.prob)})`;
