@@ -207,7 +207,7 @@ def print_attribution(results: list[dict], console) -> None:
         title = r["path"]
         if r.get("model"):
             a = r["model"]
-            title += f"\nartist head: [bold]{a['label']}[/bold]" + (
+            title += f"\nartist head: [bold]{a['label']}[/bold]" + (f" {a['top'][0]['prob']:.0%}" if a["label"] == a["top"][0]["label"] else "") + (
                 f" [dim](best guess {a['top'][0]['label']} {a['top'][0]['prob']:.0%})[/dim]" if a["label"] != a["top"][0]["label"] else ""
             )
         t = Table(title=title, title_justify="left", show_lines=True)

@@ -68,7 +68,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def _title(row, path) -> str | None:
     t = row.get("title") if hasattr(row, "get") else None
     if isinstance(t, str) and t.strip():
-        return t
+        return t.replace("-", " ").strip() if " " not in t else t.strip()  # WikiArt slugs read as words
     if path:
         stem = Path(str(path)).stem
         _, sep, rest = stem.partition("_")
