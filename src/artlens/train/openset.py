@@ -291,7 +291,8 @@ def calibrate(
             continue
         op = choose_threshold(sk[m], target_correct, su[m], target_known=target_known, target_unknown=target_unknown)
         if known_rate == "accepted":  # report the real correct-name share at that cut
-            op = operating_point(op.threshold, sk[m], correct, su[m], criterion=op.criterion + " (known accepted)")
+            crit = op.criterion.replace("known_correct>=", "known_named>=").replace("max known_correct+", "max known_named+")
+            op = operating_point(op.threshold, sk[m], correct, su[m], criterion=crit)
         results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
     if not results:
         raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
