@@ -32,7 +32,7 @@ def _isolated_cache(tmp_path_factory):
         os.environ["ARTLENS_CACHE"] = old
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is not there")

@@ -7,7 +7,6 @@ backbone stands in for a trained model, so the tests need no model files.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,9 @@ PADDED = ("louvre-genre", "train", "genre_painting", "cl010059235.jpg")
 
 
 @pytest.fixture(scope="module")
-def shared():
-    # module-scoped twin of conftest's `shared_datasets`: the probes below are built once
-    root = Path(os.environ.get("ARTLENS_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "datasets"
-    if not root.is_dir():
-        pytest.skip(f"{root} is not there")
-    return root
+def shared(shared_datasets):
+    # module-scoped so that the expensive fixtures below are built once
+    return shared_datasets
 
 
 def _files(root, style, start, n):

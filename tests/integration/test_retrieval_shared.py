@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import json
 
 import numpy as np
@@ -18,12 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def shared():
-    # module-scoped twin of conftest's `shared_datasets`: the expensive fixtures below are built once
-    root = Path(os.environ.get("ARTLENS_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "datasets"
-    if not root.is_dir():
-        pytest.skip(f"{root} is not there")
-    return root
+def shared(shared_datasets):
+    # module-scoped so that the expensive fixtures below are built once
+    return shared_datasets
 
 STYLES = ("Ukiyo_e", "Pointillism", "Pop_Art", "Baroque")
 N_INDEX, N_QUERY = 10, 2
