@@ -145,10 +145,14 @@ class Predictor:
                 return None, f"could not process image ({type(exc).__name__}: {exc})"
 
         workers = min(4, os.cpu_count() or 1)
+        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(paths), batch_size):
-                chunk = paths[start : start + batch_size]
-                decoded = list(pool.map(decode, chunk))
+            # The next chunk decodes while the encoder runs on this one (Pillow and onnxruntime
+            # release the GIL), so large photos do not leave the cores idle between batches.
+            pending = [pool.submit(decode, p) for p in chunks[0]] if chunks else []
+            for n, chunk in enumerate(chunks):
+                decoded = [f.result() for f in pending]
+                pending = [pool.submit(decode, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []
                 good = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
                 results: dict[int, dict] = {}
                 if good:

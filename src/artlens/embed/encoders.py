@@ -128,9 +128,10 @@ class SpecPreprocess:
 class OnnxEncoder(Encoder):
     """An onnxruntime session whose first output is the embedding."""
 
-    def __init__(self, name: str, session, preprocess: Callable, backbone_id: str, output: str | None = None):
+    def __init__(self, name: str, session, preprocess: Callable, backbone_id: str, output: str | None = None, runner: Callable | None = None):
         self.name = name
         self.session = session
+        self.runner = runner  # optional: runs a batch instead of `session` (e.g. ClipOnnxRunner)
         self.preprocess = preprocess
         self.backbone_id = backbone_id
         self.input_name = session.get_inputs()[0].name
@@ -143,6 +144,8 @@ class OnnxEncoder(Encoder):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.runner is not None:
+            return l2_normalize(self.runner(batch))
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return l2_normalize(out)
 
@@ -152,7 +155,9 @@ def _clip_onnx_encoder() -> OnnxEncoder:
     from artlens.models import clip as clip_mod
     from artlens.models.backbones import get_spec
 
-    session = clip_mod.clip_onnx_session()  # intra-op threads = all cores
+    # One single-threaded session per core, each on a slice of the batch: on an idle 2-core
+    # machine 1.1x the images/s of one 2-thread session (no barrier after each of ~500 kernels).
+    runner = clip_mod.ClipOnnxRunner()
     spec = get_spec(CLIP_NAME)
     fingerprint = {
         # The cached model's file name hashes the weights' source id and the build recipe.
@@ -161,7 +166,7 @@ def _clip_onnx_encoder() -> OnnxEncoder:
         "preprocess": SpecPreprocess.from_spec(spec).fingerprint(),
     }
     backbone_id = make_backbone_id(CLIP_NAME, "onnx", fingerprint)
-    return OnnxEncoder(CLIP_NAME, session, clip_mod.clip_preprocess, backbone_id, clip_mod.ONNX_OUTPUT)
+    return OnnxEncoder(CLIP_NAME, runner.sessions[0], clip_mod.clip_preprocess, backbone_id, clip_mod.ONNX_OUTPUT, runner=runner)
 
 
 # --------------------------------------------------------------------------- torch

@@ -75,7 +75,7 @@ ONNX_INPUT = "pixel_values"
 ONNX_OUTPUT = "image_embeds"
 
 # Bump when the build below changes: cached files carry it in their names.
-_ONNX_RECIPE = "pertoken-u8s8-v2"
+_ONNX_RECIPE = "pertoken-u8s8-v3-clslast"
 _TORCH_RECIPE = "fp32-v1"
 
 _MEAN = np.asarray(CLIP_MEAN, dtype=np.float32).reshape(3, 1, 1)
@@ -165,7 +165,8 @@ def build_batch_independent_onnx(src: str | os.PathLike, dst: str | os.PathLike,
     uint8 activations with int8 weights keep onnxruntime on its fast U8S8 kernels (int8
     activations fall back to a slow reference kernel). The weights' zero points must be 0.
     `fuse=True` also replaces each attention block (Reshape/Transpose/MatMul/Softmax/MatMul) by
-    onnxruntime's MultiHeadAttention op (fewer kernels: a few percent faster on 2 cores).
+    onnxruntime's MultiHeadAttention op (fewer kernels: a few percent faster on 2 cores), and
+    computes the last block for the CLS token only (`_cls_only_last_block`: ~7 % less work).
 
     Deterministic (same input file, same output bytes); writes `dst` atomically."""
     import onnx
@@ -177,6 +178,7 @@ def build_batch_independent_onnx(src: str | os.PathLike, dst: str | os.PathLike,
     _per_token(model, str(src), fuse=fuse)
     if fuse:
         _fuse_attention(model)
+        _cls_only_last_block(model)
     _prune(model.graph)
     model.producer_name = "artlens"
     model.doc_string = f"artlens {_ONNX_RECIPE}: per-token dynamic INT8 image encoder (fuse={fuse})"
@@ -372,6 +374,61 @@ def _fuse_attention(model) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     return fused
+
+
+def _cls_only_last_block(model) -> None:
+    """The embedding reads only the CLS row of the last block's output, and after that block's
+    attention every op is per token: so the last block needs keys and values for all tokens but
+    its query, attention output, residual and MLP for the CLS row only (~7 % of the model's MACs
+    saved). Per-token quantization makes the CLS row's arithmetic the same as in the full block
+    (measured cosine to the full block > 0.99999). Drops the `last_hidden_state` output, which
+    would now hold the CLS row only."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    producer, consumers = _graph_index(graph)
+    attn = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    if not attn:
+        raise ValueError("no fused attention to rewrite")
+    mha = attn[-1]
+
+    def only(name, op):
+        found = [c for c in consumers.get(name, []) if c.op_type == op]
+        if len(found) != 1:
+            raise ValueError(f"last block: expected one {op} after {name}, found {len(found)}")
+        return found[0]
+
+    q_mm = producer[mha.input[0]]
+    if q_mm.op_type != "MatMulIntegerToFloat":
+        raise ValueError("last block: the query is not a quantized projection")
+    out_mm = only(only(mha.output[0], "QuantizeLinear").output[0], "MatMulIntegerToFloat")
+    bias_add = only(out_mm.output[0], "Add")
+    res_add = only(bias_add.output[0], "Add")
+    residual = next(i for i in res_add.input if i != bias_add.output[0])
+
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([0], np.int64), "cls_start"),
+        numpy_helper.from_array(np.array([1], np.int64), "cls_end"),
+        numpy_helper.from_array(np.array([1], np.int64), "cls_axis"),
+    ])
+    slices = []
+
+    def cls_row(x):
+        out = f"{x}/cls"
+        slices.append(helper.make_node("Slice", [x, "cls_start", "cls_end", "cls_axis"], [out], name=f"{out}/Slice"))
+        return out
+
+    q_mm.input[0] = cls_row(q_mm.input[0])  # quantized activation (N, T, K) and its per-token scale
+    q_mm.input[2] = cls_row(q_mm.input[2])
+    res_add.input[list(res_add.input).index(residual)] = cls_row(residual)
+    nodes = list(graph.node)
+    at = nodes.index(q_mm)  # every sliced tensor exists before the query projection
+    nodes[at:at] = slices
+    del graph.node[:]
+    graph.node.extend(nodes)
+    keep = [o for o in graph.output if o.name == ONNX_OUTPUT]
+    del graph.output[:]
+    graph.output.extend(keep)
 
 
 def _prune(graph) -> None:
