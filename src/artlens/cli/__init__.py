@@ -6,6 +6,8 @@ stay inside the command functions so `artlens --help` and `artlens predict` star
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 
 app = typer.Typer(
@@ -20,6 +22,37 @@ app = typer.Typer(
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_PARTIAL = 2  # finished, but some inputs could not be read
+
+
+def one_line(text: object) -> str:
+    """`text` with control characters (a newline in a file name) shown as escapes: one line."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in s)
+
+
+def shown(text: object) -> str:
+    """`text` (a file name, an error naming one) for a Rich markup string: one line, and square
+    brackets escaped so `[red]` in a file name is printed, not read as markup."""
+    from rich.markup import escape
+
+    return escape(one_line(text))
+
+
+def report(console, tag: str, path: object, reason: object, style: str = "yellow") -> None:
+    """One line on `console` (stderr) for an input that could not be used: `TAG PATH: REASON`."""
+    from rich.text import Text
+
+    console.print(Text.assemble((tag, style), " ", one_line(path), ": ", one_line(reason)), highlight=False, soft_wrap=True)
+
+
+def fail(console, message: object) -> NoReturn:
+    """Print `error: MESSAGE` as one line and exit with EXIT_ERROR."""
+    from rich.text import Text
+
+    console.print(Text.assemble(("error:", "red"), " ", one_line(message)), highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
 
 
 def _register() -> None:

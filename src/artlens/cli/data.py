@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 _TOP = 15  # labels shown per column in the tables (the JSON has them all)
 
@@ -37,7 +37,7 @@ def _label_table(column: str, counts: dict[str, dict[str, int]], splits: list[st
         table.add_column(s, justify="right")
     table.add_column("total", justify="right", style="bold")
     for label, row in list(counts.items())[:_TOP]:
-        table.add_row(label, *[f"{row.get(s, 0):,}" for s in splits], f"{row['total']:,}")
+        table.add_row(shown(label), *[f"{row.get(s, 0):,}" for s in splits], f"{row['total']:,}")
     if len(counts) > _TOP:
         rest = list(counts.values())[_TOP:]
         table.add_row(
@@ -50,7 +50,7 @@ def _label_table(column: str, counts: dict[str, dict[str, int]], splits: list[st
 def _print_summary(console, summary: dict[str, Any], *, heading: str) -> None:
     from rich.table import Table
 
-    console.print(heading, highlight=False)
+    console.print(heading, highlight=False, soft_wrap=True)
     splits = [s for s in ("train", "val", "test") if s in summary.get("splits", {})]
     if "none" in summary.get("splits", {}):
         splits.append("none")
@@ -86,14 +86,14 @@ def _print_summary(console, summary: dict[str, Any], *, heading: str) -> None:
         for c in dup["conflicts"][:10]:
             cols = c["columns"].split(",")
             members = "\n".join(
-                f"{Path(m['path']).parent.name}/{Path(m['path']).name}  [{', '.join(str(m.get(k)) for k in cols)}]" for m in c["members"]
+                shown(f"{Path(m['path']).parent.name}/{Path(m['path']).name}  [{', '.join(str(m.get(k)) for k in cols)}]") for m in c["members"]
             )
             table.add_row(str(c["group"]), c["kind"], members)
         if len(dup["conflicts"]) > 10:
             table.add_row("", "", f"... {len(dup['conflicts']) - 10} more (see --json or the duplicates CSV)", style="dim")
         console.print(table)
     for note in summary.get("notes", []):
-        console.print(f"[dim]note: {note}[/dim]", highlight=False)
+        console.print(f"[dim]note: {shown(note)}[/dim]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -138,11 +138,9 @@ def scan(
             progress=err.is_terminal if progress is None else progress, options=options,
         )
     except (SourceError, TaxonomyError, ManifestError, KeyError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     if result.manifest.empty and result.errors.empty:
-        err.print(f"[red]error:[/red] no image files found in {source}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, f"no image files found in {source}")
     summary = result.summary()
     if out is not None:
         try:
@@ -151,21 +149,20 @@ def scan(
             result.duplicates.to_csv(_sidecar(out, ".duplicates.csv"), index=False)
             _sidecar(out, ".summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         except OSError as exc:
-            err.print(f"[red]error:[/red] cannot write {out}: {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR)
+            fail(err, f"cannot write {out}: {exc}")
     for path, reason in zip(result.errors["path"], result.errors["reason"]):
-        err.print(f"[yellow]unreadable[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+        report(err, "unreadable", path, reason)
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     else:
         dup = summary.get("duplicates", {})
         heading = (
-            f"[bold]{summary['root']}[/bold] (layout {summary['layout']}): {summary['images']:,} images, "
+            f"[bold]{shown(summary['root'])}[/bold] (layout {summary['layout']}): {summary['images']:,} images, "
             f"{dup.get('groups', 0):,} duplicate groups, {summary['unreadable']:,} unreadable"
         )
         _print_summary(console, summary, heading=heading)
         if out is not None:
-            console.print(f"manifest written to {out}", highlight=False)
+            console.print(f"manifest written to {shown(out)}", highlight=False)
     raise typer.Exit(EXIT_PARTIAL if len(result.errors) else EXIT_OK)
 
 
@@ -204,8 +201,7 @@ def split(
         df = assign_splits(df, val=val, test=test, seed=seed, stratify=stratify or None, group_by=group_by, near_distance=near)
         write_manifest(df, out)
     except (ManifestError, TaxonomyError, KeyError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     summary = summarize(df)
     summary.pop("unreadable", None)
     summary.update(root=str(manifest), seed=seed, fractions={"val": val, "test": test}, group_by=group_by, stratify=stratify or None)
@@ -216,7 +212,7 @@ def split(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     else:
-        heading = f"[bold]{manifest}[/bold] -> {out}: {len(df):,} images, seed {seed}, val {val:g}, test {test:g}"
+        heading = f"[bold]{shown(manifest)}[/bold] -> {shown(out)}: {len(df):,} images, seed {seed}, val {val:g}, test {test:g}"
         if group_by:
             heading += f", grouped by {group_by}"
         if balance_n:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, report
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -96,8 +96,7 @@ def embed(
     if scan_errors is not None and len(scan_errors):
         failures = [(r.path, r.reason) for r in scan_errors.itertuples()] + failures
     for path, reason in failures:  # one line each, even for names with newlines in them
-        shown = path if str(path).isprintable() else ascii(str(path))
-        err.print(f"[yellow]skipped[/yellow] {escape(str(shown))}: {escape(str(reason))}", highlight=False, soft_wrap=True)
+        report(err, "skipped", path, reason)
 
     if out is None:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.resolve().stem or "images")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 
 @app.command()
@@ -42,20 +42,19 @@ def evaluate(
             progress=err.is_terminal,
         )
     except (EvaluateError, ModelFormatError, FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
 
     for warning in res.metrics.get("warnings", []):
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {shown(warning)}", highlight=False, soft_wrap=True)
     for row in (res.errors.to_dict(orient="records") if res.n_failed else []):
-        err.print(f"[yellow]unreadable[/yellow] {row['path']}: {row['reason']}", highlight=False, soft_wrap=True)
+        report(err, "unreadable", row["path"], row["reason"])
     if as_json:
         sys.stdout.write((res.out_dir / "metrics.json").read_text(encoding="utf-8"))
     else:
         _print_summary(res.metrics)
-        Console().print(f"report: [bold]{res.files.get('report', res.out_dir)}[/bold]")
+        Console().print(f"report: [bold]{shown(res.files.get('report', res.out_dir))}[/bold]", soft_wrap=True)
     if res.n_failed:
-        err.print(f"{res.n_failed} image(s) could not be read (see {res.out_dir / 'unreadable.csv'}).")
+        err.print(f"{res.n_failed} image(s) could not be read (see {shown(res.out_dir / 'unreadable.csv')}).", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_PARTIAL)
     raise typer.Exit(EXIT_OK)
 

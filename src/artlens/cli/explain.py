@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 MANIFEST_SUFFIXES = {".parquet", ".csv"}
 
@@ -20,9 +20,8 @@ def _err():
     return Console(stderr=True)
 
 
-def _fail(msg: str) -> None:
-    _err().print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
+def _fail(msg: str) -> NoReturn:
+    fail(_err(), msg)
 
 
 # --------------------------------------------------------------------------- explain
@@ -56,17 +55,22 @@ def explain(
     torch.set_grad_enabled(True)
 
     rows, failed = [], 0
+    stems: dict[str, int] = {}
     for path in images:
         try:
             exp = explainer.explain(load_image(path), task=task, target_class=target, method=method, layers=layer)
         except ImageDecodeError as exc:
             failed += 1
-            err.print(f"[yellow]skipped[/yellow] {exc}", highlight=False, soft_wrap=True)
+            report(err, "skipped", path, exc.reason)
             rows.append({"path": str(path), "error": exc.reason})
             continue
         except ExplainError as exc:  # the same for every image (unknown class or layer): stop here
             _fail(str(exc))
-        files = exp.save(out, Path(path).stem)
+        # Output files are named after the image; two images of one name (in different folders)
+        # must not overwrite each other's overlay.
+        stem = Path(path).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        files = exp.save(out, stem if stems[stem] == 1 else f"{stem}-{stems[stem]}")
         row = {"path": str(path), "error": None, **exp.to_dict(), "files": {k: str(v) for k, v in files.items()}}
         rows.append(row)
         if as_json:
@@ -77,16 +81,16 @@ def explain(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(show_lines=False, caption=f"overlays (.png), maps (.npy) and JSON in {out}")
+        table = Table(show_lines=False, caption=f"overlays (.png), maps (.npy) and JSON in {shown(out)}")
         for col in ("image", "task", "class", "prob", "predicted", "overlay"):
             table.add_column(col, overflow="fold")
         for r in rows:
             if r["error"]:
-                table.add_row(Path(r["path"]).name, "", f"[red]error: {r['error']}[/red]", "", "", "")
+                table.add_row(shown(Path(r["path"]).name), "", f"[red]error: {shown(r['error'])}[/red]", "", "", "")
             else:
                 table.add_row(
-                    Path(r["path"]).name, r["task"], r["label"], f"{r['prob']:.1%}",
-                    f"{r['predicted']} {r['predicted_prob']:.0%}", Path(r["files"]["png"]).name,
+                    shown(Path(r["path"]).name), shown(r["task"]), shown(r["label"]), f"{r['prob']:.1%}",
+                    f"{shown(r['predicted'])} {r['predicted_prob']:.0%}", shown(Path(r["files"]["png"]).name),
                 )
         Console().print(table)
     if failed:
@@ -96,8 +100,10 @@ def explain(
 
 
 # --------------------------------------------------------------------------- index
-def read_rows(source: Path):
-    """A manifest file, or an image folder scanned into one (labels from the folder layout)."""
+def read_rows(source: Path, errors: list | None = None):
+    """A manifest file, or an image folder scanned into one (labels from the folder layout).
+
+    The files a scan could not read are appended to `errors` as (path, reason)."""
     import pandas as pd
 
     if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
@@ -121,8 +127,8 @@ def read_rows(source: Path):
             scan = None
         if scan is not None:
             result = scan(source)
-            for _, r in getattr(result, "errors", pd.DataFrame()).iterrows():
-                _err().print(f"[yellow]skipped[/yellow] {r['path']}: {r['reason']}", highlight=False, soft_wrap=True)
+            if errors is not None:
+                errors.extend(zip(result.errors["path"], result.errors["reason"]))
             return result.manifest
         from artlens.predict import expand_inputs
 
@@ -158,34 +164,40 @@ def index(
         out = out or model / "index"
     if out is None:
         _fail("give --out DIR (or --model MODEL to write MODEL/index)")
+    errors: list[tuple[str, str]] = []  # rows left out: unreadable in the scan, or not embedded
     try:
         if (source / "backbone.json").is_file():
             if manifest is None:
                 _fail(f"{source} is an embedding store: give --manifest with the rows to index")
-            idx, missing = index_from_store(source, read_rows(manifest), backbone=backbone, kind=kind)
-            errors = [(p, "not in the embedding store") for p in missing["path"]]
+            idx, missing = index_from_store(source, read_rows(manifest, errors), backbone=backbone, kind=kind)
+            errors += [(p, "not in the embedding store") for p in missing["path"]]
         else:
-            df = read_rows(source)
+            df = read_rows(source, errors)
             if not len(df):
+                for path, reason in errors:
+                    report(err, "left out", path, reason)
                 _fail(f"no images in {source}")
             idx, err_df = index_embeddings(
                 df, backbone, store_root=store, backbone_state=state, kind=kind, batch_size=batch_size,
                 progress=err.is_terminal,
             )
-            errors = list(zip(err_df["path"], err_df["reason"]))
+            errors += list(zip(err_df["path"], err_df["reason"]))
     except (RetrievalError, ValueError, OSError) as exc:
         _fail(str(exc))
+    for path, reason in errors:
+        report(err, "left out", path, reason)
     if not len(idx):
         _fail("nothing to index: every row failed")
-    idx.save(out)
-    for path, reason in errors:
-        err.print(f"[yellow]left out[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+    try:
+        idx.save(out)
+    except OSError as exc:
+        _fail(f"cannot write the index to {out}: {exc}")
     summary = {"index": str(out), "count": len(idx), "kind": idx.kind, "dim": idx.dim,
                "backbone": idx.backbone, "backbone_id": idx.backbone_id, "failed": len(errors)}
     if as_json:
         print(json.dumps(summary))
     else:
-        err.print(f"indexed {len(idx)} images ({idx.kind}, {idx.dim}-d, {idx.backbone_id}) -> {out}", highlight=False)
+        err.print(f"indexed {len(idx)} images ({idx.kind}, {idx.dim}-d, {idx.backbone_id}) -> {shown(out)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_PARTIAL if errors else EXIT_OK)
 
 
@@ -270,7 +282,7 @@ def similar(
     else:
         _print_neighbours(image, neighbours)
         if sheet is not None:
-            _err().print(f"contact sheet: {sheet}", highlight=False)
+            _err().print(f"contact sheet: {shown(sheet)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_OK)
 
 
@@ -279,7 +291,7 @@ def _print_neighbours(image: Path, neighbours) -> None:
     from rich.table import Table
 
     cols = [c for c in ("style", "artist", "genre", "origin") if any(c in n.labels for n in neighbours)]
-    table = Table(title=f"most similar to {image.name}")
+    table = Table(title=f"most similar to {shown(image.name)}")
     table.add_column("#", justify="right")
     table.add_column("cosine", justify="right")
     for c in cols:
@@ -288,5 +300,5 @@ def _print_neighbours(image: Path, neighbours) -> None:
     for n in neighbours:
         name = Path(n.path).name if n.path else (n.sha256 or "")[:12]
         sim = f"{n.similarity:.3f}" + (" [red]dup[/red]" if n.duplicate else "")
-        table.add_row(str(n.rank), sim, *(n.labels.get(c, "") for c in cols), name)
+        table.add_row(str(n.rank), sim, *(shown(n.labels.get(c, "")) for c in cols), shown(name))
     Console().print(table)

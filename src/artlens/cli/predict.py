@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 
 def _parse_thresholds(values: list[str]) -> dict[str, float] | float | None:
@@ -50,11 +50,9 @@ def predict(
         predictor = Predictor(model, top_k=top_k, thresholds=_parse_thresholds(threshold))
         files = expand_inputs(paths)
     except (ModelFormatError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     if not files:
-        err.print("[red]error:[/red] no images found in " + ", ".join(map(str, paths)))
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, "no images found in " + ", ".join(map(str, paths)))
 
     results = []
     failed = 0
@@ -74,7 +72,7 @@ def predict(
         for row in predictor.iter_predict(files, batch_size=batch_size, on_progress=on_progress):
             if row["error"]:
                 failed += 1
-                err.print(f"[yellow]skipped[/yellow] {row['path']}: {row['error']}", highlight=False, soft_wrap=True)
+                report(err, "skipped", row["path"], row["error"])
             if as_json:
                 sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sys.stdout.flush()
@@ -113,9 +111,9 @@ def _print_table(results: list[dict], tasks: list[str]) -> None:
     for t in tasks:
         table.add_column(t)
     for r in results:
-        name = Path(r["path"]).name
+        name = shown(Path(r["path"]).name)
         if r["error"]:
-            table.add_row(name, *([f"[red]error: {r['error']}[/red]"] + [""] * (len(tasks) - 1)))
+            table.add_row(name, *([f"[red]error: {shown(r['error'])}[/red]"] + [""] * (len(tasks) - 1)))
         else:
             table.add_row(name, *(_fmt_task(r["tasks"][t]) for t in tasks))
     Console().print(table)

@@ -24,7 +24,10 @@ MAX_FILE_BYTES = 1 << 30
 
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "AVIF"}
 # Extensions a scan treats as images (a text file named .jpg is still tried, and reported).
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif"}
+# Pictures that cannot be decoded here but belong in an image folder: a scan offers them to the
+# decoder too, so each is reported with its reason ("an SVG ...") instead of silently left out.
+UNSUPPORTED_IMAGE_EXTENSIONS = {".svg", ".heic", ".heif"}
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _ORIENTATION_TAG = 0x0112

@@ -107,7 +107,12 @@ def build_backbone(art: "ArtModel"):
                 f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
     else:
-        net = create_backbone(art.backbone_name, pretrained=True)
+        # Seeded like the encoders (artlens.embed.encoders.TorchEncoder): a backbone without
+        # pretrained weights (simple-cnn) starts from random ones, and the probe heads were
+        # trained on the features of the seed-0 draw; any other draw explains another network.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = create_backbone(art.backbone_name, pretrained=True)
     return net
 
 

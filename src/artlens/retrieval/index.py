@@ -5,12 +5,14 @@ is a few ms per query); above it an HNSW graph keeps queries sub-linear at a sma
 
 An index directory holds `index.faiss` (faiss' own serialisation, no pickle), `rows.parquet` (the
 manifest rows, aligned with the vector ids) and `meta.json` (backbone, backbone id, dimension,
-count). Each file is written atomically and `meta.json` last, so a reader never pairs a new index
-with old rows without noticing (the counts are checked on load).
+count, and the SHA-256 of the other two files). Each file is written atomically and `meta.json`
+last, so a run killed half-way (kill -9, a full disk) never leaves an index that reads back as
+valid: a new `index.faiss` beside old rows or an old `meta.json` fails its checksum on load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
@@ -173,11 +175,16 @@ class FaissIndex:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / INDEX_NAME, faiss.serialize_index(self.index).tobytes())
+        index_bytes = faiss.serialize_index(self.index).tobytes()
         buf = io.BytesIO()
         _rows_for_parquet(self.rows).to_parquet(buf, index=False)
-        atomic_write_bytes(directory / ROWS_NAME, buf.getvalue())
+        rows_bytes = buf.getvalue()
         self.meta["count"] = len(self)
+        # meta.json goes last and names the exact bytes of the other two: until it is replaced,
+        # a reader sees the old meta.json, whose checksums the new files do not match.
+        self.meta["sha256"] = {INDEX_NAME: hashlib.sha256(index_bytes).hexdigest(), ROWS_NAME: hashlib.sha256(rows_bytes).hexdigest()}
+        atomic_write_bytes(directory / INDEX_NAME, index_bytes)
+        atomic_write_bytes(directory / ROWS_NAME, rows_bytes)
         atomic_write_text(directory / META_NAME, json.dumps(self.meta, indent=2) + "\n")
         return directory
 
@@ -200,13 +207,13 @@ class FaissIndex:
         for name in (INDEX_NAME, ROWS_NAME):
             if not (directory / name).is_file():
                 raise RetrievalError(f"{directory}: missing {name}")
+        raw = {name: (directory / name).read_bytes() for name in (INDEX_NAME, ROWS_NAME)}
         try:
-            data = np.frombuffer((directory / INDEX_NAME).read_bytes(), dtype=np.uint8)
-            index = faiss.deserialize_index(data)
+            index = faiss.deserialize_index(np.frombuffer(raw[INDEX_NAME], dtype=np.uint8))
         except RuntimeError as exc:
             raise RetrievalError(f"{directory / INDEX_NAME}: not a FAISS index ({str(exc).splitlines()[0]})") from None
         try:
-            rows = pd.read_parquet(directory / ROWS_NAME)
+            rows = pd.read_parquet(io.BytesIO(raw[ROWS_NAME]))
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise RetrievalError(f"{directory / ROWS_NAME}: unreadable ({exc})") from None
         if index.ntotal != len(rows) or index.ntotal != int(meta.get("count", -1)):
@@ -214,6 +221,14 @@ class FaissIndex:
                 f"{directory}: index has {index.ntotal} vectors, rows.parquet {len(rows)}, meta.json says "
                 f"{meta.get('count')} (written by two different runs?)"
             )
+        sums = meta.get("sha256")  # absent in indexes written before checksums were recorded
+        if isinstance(sums, dict):
+            for name, data in raw.items():
+                if sums.get(name) != hashlib.sha256(data).hexdigest():
+                    raise RetrievalError(
+                        f"{directory / name}: does not match {META_NAME} (written by an interrupted or "
+                        "concurrent `artlens index` run?); rebuild the index"
+                    )
         if hasattr(index, "hnsw"):
             index.hnsw.efSearch = int(meta.get("hnsw", {}).get("efSearch", HNSW_EF_SEARCH))
         return cls(index, rows, meta)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from artlens.data.images import IMAGE_EXTENSIONS
+from artlens.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,7 +108,9 @@ def read_source(root: str | Path, layout: str | None = None, **options) -> tuple
 
 
 def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    """A file a folder walk hands to the decoder (unsupported picture formats too: they are reported)."""
+    ext = os.path.splitext(name)[1].lower()
+    return not name.startswith(".") and (ext in IMAGE_EXTENSIONS or ext in UNSUPPORTED_IMAGE_EXTENSIONS)
 
 
 def walk_images(root: Path, *, errors: list[tuple[str, str]] | None = None) -> list[Path]:
