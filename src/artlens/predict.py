@@ -86,10 +86,9 @@ class Predictor:
     @property
     def encoder(self):
         if self._encoder is None:
-            from artlens.embed import get_encoder
+            from artlens.embed import model_encoder
 
-            state = self.model.backbone_state() or None
-            self._encoder = get_encoder(self.model.backbone_name, backbone_state=state)
+            self._encoder = model_encoder(self.model)
         return self._encoder
 
     # ------------------------------------------------------------------ core

@@ -311,3 +311,43 @@ def test_cli_explain_with_a_finetuned_model(tmp_path, image_factory):
     assert res.exit_code == 1 and "genre" in res.output
     res = runner.invoke(app, ["explain", str(tmp_path / "nomodel"), str(good)])
     assert res.exit_code == 1 and "nomodel" in res.output
+
+
+def test_explain_uses_the_models_preprocessing_not_the_registrys(image_factory):
+    # A fine-tune trained at `finetune.image_size` 64 on resnet18 (registry: 224/256): explain must
+    # feed the model what training and validation fed it (config.json's preprocessing), so its
+    # probabilities are the training pipeline's and the map's grid is the trained one.
+    from artlens.data.transforms import eval_transform
+
+    backbones = _backbones()
+    torch.manual_seed(0)
+    art, _ = _registry_model("resnet18", mode="finetune")
+    pre = art.config["preprocessing"]
+    pre["resize_size"] = 73  # resize, then centre crop, like finetune.image_size 64 with crop_pct 0.875
+    assert (pre["input_size"], backbones.get_spec("resnet18").input_size) == (64, 224)
+    ex = Explainer(art)  # the registry backbone + the saved fine-tuned weights
+    img = Image.open(image_factory("wide.png", size=(90, 70), seed=5))
+    exp = ex.explain(img)
+    assert exp.input_cams[0].shape == (64, 64) and exp.cam.shape == (70, 90)
+    x = eval_transform(pre)(img.convert("RGB")).unsqueeze(0)  # the training/validation transform
+    with torch.no_grad():
+        probs = torch.softmax(ex.net(x)[0], -1).numpy()
+    assert exp.prob == pytest.approx(float(probs[exp.class_index]), abs=1e-5)
+
+
+def test_predict_uses_the_models_preprocessing_like_explain(image_factory):
+    # predict/evaluate/similar build their encoder from the same config.json preprocessing as
+    # explain, so all of them give a fine-tuned model the pixels it was trained on.
+    from artlens.embed import model_encoder
+    from artlens.predict import Predictor
+
+    torch.manual_seed(0)
+    art, _ = _registry_model("resnet18", mode="finetune")
+    art.config["preprocessing"]["resize_size"] = 73
+    enc = model_encoder(art)
+    img = Image.open(image_factory("wide.png", size=(90, 70), seed=5))
+    assert enc.preprocess(img).shape == (3, 64, 64)
+    exp = Explainer(art).explain(img)
+    (row,) = Predictor(art).predict_images([img])
+    probs = {p["label"]: p["prob"] for p in row["tasks"][exp.task]["top"]}
+    assert probs[exp.label] == pytest.approx(exp.prob, abs=1e-4)

@@ -35,7 +35,7 @@ import sys
 import artlens.embed, artlens.embed.extract
 from tests.unit.test_retrieval import PixelEncoder
 enc = PixelEncoder()
-fake = lambda name, backbone_state=None, device="cpu": enc
+fake = lambda name, backbone_state=None, device="cpu", preprocessing=None: enc
 artlens.embed.get_encoder = fake
 artlens.embed.extract.get_encoder = fake
 from artlens.cli import app

@@ -210,7 +210,7 @@ def test_cli_index_and_similar(tmp_path, image_factory, monkeypatch):
     df = _gallery(tmp_path, image_factory)
     write_manifest(scan(tmp_path / "gallery", workers=0).manifest, tmp_path / "manifest.parquet")
     enc = PixelEncoder()
-    fake = lambda name, backbone_state=None, device="cpu": enc  # noqa: E731
+    fake = lambda name, backbone_state=None, device="cpu", preprocessing=None: enc  # noqa: E731
     monkeypatch.setattr(artlens.embed, "get_encoder", fake)
     monkeypatch.setattr(artlens.embed.extract, "get_encoder", fake)
     runner = CliRunner()

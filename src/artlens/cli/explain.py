@@ -153,7 +153,7 @@ def index(
     from artlens.retrieval.index import RetrievalError, index_embeddings, index_from_store
 
     err = _err()
-    state = None
+    state = pre = None
     if model is not None:
         try:
             art = ArtModel.load(model)
@@ -161,6 +161,7 @@ def index(
             _fail(str(exc))
         backbone = art.backbone_name
         state = art.backbone_state() if art.mode == "finetune" else None
+        pre = art.config.get("preprocessing") if state else None
         out = out or model / "index"
     if out is None:
         _fail("give --out DIR (or --model MODEL to write MODEL/index)")
@@ -178,7 +179,7 @@ def index(
                     report(err, "left out", path, reason)
                 _fail(f"no images in {source}")
             idx, err_df = index_embeddings(
-                df, backbone, store_root=store, backbone_state=state, kind=kind, batch_size=batch_size,
+                df, backbone, store_root=store, backbone_state=state, preprocessing=pre, kind=kind, batch_size=batch_size,
                 progress=err.is_terminal,
             )
             errors += list(zip(err_df["path"], err_df["reason"]))
@@ -221,7 +222,8 @@ def _open_index(target: Path, index_dir: Path | None):
             )
         idx = FaissIndex.load(index_dir)
         state = art.backbone_state() if art.mode == "finetune" else None
-        encoder = get_encoder(art.backbone_name, backbone_state=state or None)
+        pre = art.config.get("preprocessing") if state else None
+        encoder = get_encoder(art.backbone_name, backbone_state=state or None, preprocessing=pre)
         check_encoder(idx, encoder)
         return idx, encoder
     if index_dir is not None:

@@ -2,11 +2,12 @@
 embedding store. Importing this package is cheap: torch and onnxruntime load only when an
 encoder is built."""
 
-from artlens.embed.encoders import Encoder, OnnxEncoder, SpecPreprocess, TorchEncoder, get_encoder, l2_normalize
+from artlens.embed.encoders import Encoder, OnnxEncoder, SpecPreprocess, TorchEncoder, get_encoder, l2_normalize, model_encoder
 from artlens.embed.extract import EmbedResult, EmbedStats, embed_manifest, file_sha256
 from artlens.embed.store import EmbeddingStore, StoreError, default_store_root
 
 __all__ = [
+    "model_encoder",
     "EmbedResult",
     "EmbedStats",
     "EmbeddingStore",

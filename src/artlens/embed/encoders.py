@@ -95,6 +95,19 @@ class SpecPreprocess:
             interpolation=str(getattr(spec, "interpolation", "bicubic")),
         )
 
+    @classmethod
+    def from_config(cls, pre: Mapping[str, Any] | None, spec) -> "SpecPreprocess":
+        """A model's own preprocessing (config.json `preprocessing`), the spec's for missing keys."""
+        base = cls.from_spec(spec)
+        pre = dict(pre or {})
+        return cls(
+            input_size=int(pre.get("input_size", base.input_size)),
+            resize_size=int(pre.get("resize_size", base.resize_size)),
+            mean=tuple(float(m) for m in pre.get("mean", base.mean)),
+            std=tuple(float(v) for v in pre.get("std", base.std)),
+            interpolation=str(pre.get("interpolation", base.interpolation)),
+        )
+
     def fingerprint(self) -> dict:
         return {
             "input_size": self.input_size,
@@ -173,7 +186,8 @@ def _clip_onnx_encoder() -> OnnxEncoder:
 class TorchEncoder(Encoder):
     """A torch backbone from the registry (eval mode, no grad) with its spec's preprocessing."""
 
-    def __init__(self, name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu", pretrained: bool = True):
+    def __init__(self, name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu", pretrained: bool = True,
+                 preprocessing: Mapping[str, Any] | None = None):
         import torch
 
         from artlens.models.backbones import create_backbone, get_spec
@@ -203,7 +217,8 @@ class TorchEncoder(Encoder):
             tensors = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in backbone_state.items()}
             model.load_state_dict(tensors, strict=False)
         self.model = model.eval().to(self.device)
-        self.preprocess = SpecPreprocess.from_spec(self.spec)
+        # A fine-tune may have trained at its own image size: its config's preprocessing wins.
+        self.preprocess = SpecPreprocess.from_config(preprocessing, self.spec) if preprocessing else SpecPreprocess.from_spec(self.spec)
         self.dim = int(self.spec.feature_dim)
         fingerprint = {
             "weights_id": f"random-init-seed0-torch{torch.__version__}" if random_init else getattr(self.spec, "weights_id", None),
@@ -228,17 +243,20 @@ class TorchEncoder(Encoder):
 _CACHE: dict[tuple[str, str], Encoder] = {}
 
 
-def get_encoder(backbone_name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu") -> Encoder:
+def get_encoder(backbone_name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu",
+                preprocessing: Mapping[str, Any] | None = None) -> Encoder:
     """The encoder for a registry backbone.
 
     CLIP on the CPU with its pretrained weights runs through onnxruntime; a fine-tuned backbone
     (`backbone_state`, the `backbone.*` tensors of an ArtModel with the prefix removed) or another
     device uses the torch model. Pretrained encoders are built once per process and shared.
+    `preprocessing` (a model config's) applies to fine-tuned backbones only: frozen encoders keep
+    their registry preprocessing, which the embedding store is keyed on.
     """
     if isinstance(backbone_name, Encoder):
         return backbone_name
     if backbone_state:
-        return TorchEncoder(backbone_name, backbone_state=backbone_state, device=device)
+        return TorchEncoder(backbone_name, backbone_state=backbone_state, device=device, preprocessing=preprocessing)
     key = (backbone_name, str(device))
     enc = _CACHE.get(key)
     if enc is None:
@@ -248,3 +266,11 @@ def get_encoder(backbone_name: str, *, backbone_state: Mapping[str, Any] | None 
             enc = TorchEncoder(backbone_name, device=device)
         _CACHE[key] = enc
     return enc
+
+
+def model_encoder(model, *, device: str = "cpu") -> Encoder:
+    """The encoder an ArtModel predicts with: its fine-tuned backbone state and its own
+    preprocessing when it has one, else the shared pretrained encoder."""
+    state = model.backbone_state() or None
+    pre = model.config.get("preprocessing") if state else None
+    return get_encoder(model.backbone_name, backbone_state=state, device=device, preprocessing=pre)

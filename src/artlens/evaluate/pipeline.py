@@ -108,9 +108,9 @@ def task_truth(df, column: str):
 
 # ---------------------------------------------------------------------------- embedding
 def model_encoder(model: ArtModel):
-    from artlens.embed import get_encoder
+    from artlens.embed import model_encoder as _model_encoder
 
-    return get_encoder(model.backbone_name, backbone_state=model.backbone_state() or None)
+    return _model_encoder(model)
 
 
 def embed_rows(df, encoder, *, store_root=None, batch_size: int = 32, workers: int = 2, progress: bool = True):

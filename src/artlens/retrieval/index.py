@@ -339,6 +339,7 @@ def index_embeddings(
     *,
     store_root=None,
     backbone_state=None,
+    preprocessing=None,
     kind: str = "auto",
     batch_size: int = 32,
     workers: int = 2,
@@ -347,10 +348,11 @@ def index_embeddings(
     """Embed a manifest (reusing the embedding store) and index the rows that worked.
 
     Returns `(FaissIndex, errors)`: errors is a DataFrame `path, reason` for rows left out.
+    `preprocessing`: a fine-tuned model's own (config.json), for its `backbone_state`.
     """
     from artlens.embed import embed_manifest, get_encoder
 
-    encoder = get_encoder(backbone, backbone_state=backbone_state)
+    encoder = get_encoder(backbone, backbone_state=backbone_state, preprocessing=preprocessing)
     vectors, ok, errors = embed_manifest(
         df, encoder, store_root=store_root, batch_size=batch_size, workers=workers, progress=progress
     )[:3]
