@@ -10,10 +10,13 @@ from artlens.models.artmodel import ArtModel
 from artlens.predict import Predictor, _open_set_reject
 from artlens.train import openset
 from artlens.train.artist import (
+    FOLD_COL,
+    GROUP_COL,
     ROLE_COL,
     SPLIT_COL,
     add_artist_task,
     artist_from_filename,
+    crossfit_folds,
     open_set_split,
     slug_to_name,
     train_artist_task,
@@ -248,3 +251,159 @@ def test_final_model_without_test_split():
     s = art.metrics["split"]
     assert s["known_train"] == 3 * 32 and s["known_val"] == 3 * 8 and "known_test" not in s and "unknown_test" not in s
     assert "open_set_test" not in art.metrics and art.task.unknown["label"] == "unknown artist"
+
+
+# ----------------------------------------------------------------------------- the shipped rule: cross-fitting
+def test_crossfit_folds_spread_known_paintings_and_keep_unknown_artists_whole():
+    df, _ = _clusters(n_known=3, n_unknown=9, per_known=40, per_unknown=10, seed=6)
+    dup = df.iloc[[0]].assign(path="/data/Other/artist-00_work-0b.jpg")  # a near copy (same bytes): one group
+    df = pd.concat([df, dup], ignore_index=True)
+    f = open_set_split(df, min_per_class=40, seed=3).frame
+    fold = crossfit_folds(f, n_folds=4, seed=3)
+    pool = f[SPLIT_COL].isin(["train", "val"]).to_numpy()
+    assert (fold[~pool] == -1).all() and (fold[pool] >= 0).all() and set(fold[pool]) == {0, 1, 2, 3}
+    known = pool & (f[ROLE_COL] == "known").to_numpy()
+    for _, idx in f[known].groupby("artist_label").groups.items():  # every known artist in every fold, evenly
+        counts = np.bincount(fold[idx], minlength=4)
+        assert counts.min() >= 1 and counts.max() - counts.min() <= 2
+    g = pd.DataFrame({"group": f[GROUP_COL], "fold": fold})[pool]
+    assert g.groupby("group")["fold"].nunique().max() == 1  # near-duplicates never on two sides
+    unknown = pool & (f[ROLE_COL] == "unknown").to_numpy()
+    per_artist = pd.Series(fold[unknown]).groupby(f["artist_label"].to_numpy()[unknown]).nunique()
+    assert per_artist.max() == 1 and len(set(fold[unknown])) == 4  # whole artists, spread over the folds
+    assert (crossfit_folds(f, n_folds=4, seed=3) == fold).all()  # seeded
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        crossfit_folds(f, n_folds=1)
+
+
+def test_shipped_head_trains_on_train_and_val_and_calibrates_out_of_fold(trained):
+    """Cross-fitting (the default): the shipped head and centroids use every train+val painting,
+    and the threshold is chosen on out-of-fold scores, which are the only honest ones: the
+    background logit was trained on these very unknown artists."""
+    df, X, art = trained
+    m = art.metrics
+    assert m["split"]["validation"].startswith("crossfit") and art.openset["validation"].startswith("crossfit")
+    assert m["closed_set_val"]["out_of_fold"] and m["closed_set_val"]["n"] == m["split"]["known_train"] + m["split"]["known_val"]
+    f = art.split.frame
+    Xf = X[f["row"].to_numpy()]
+    role, fold = f[ROLE_COL].to_numpy(), f[FOLD_COL].to_numpy()
+    pool_known, pool_unknown = (role == "known") & (fold >= 0), (role == "unknown") & (fold >= 0)
+    y = np.array([art.labels.index(a) if a in art.labels else -1 for a in f["artist_label"]])
+    np.testing.assert_allclose(art.centroids, openset.class_centroids(Xf[pool_known], y[pool_known], len(art.labels)), atol=1e-6)
+    np.testing.assert_allclose(art.mean, Xf[pool_known | pool_unknown].mean(axis=0), atol=1e-5)
+    c = art.calibration_scores
+    assert len(c["correct"]) == pool_known.sum() and set(c["unknown"]) == set(openset.METHODS)
+    assert len(c["unknown"]["background"]) == pool_unknown.sum()
+    in_sample = openset.model_known_scores(art.to_model(all_openset=True), "artist", Xf[pool_unknown])["background"]
+    assert c["unknown"]["background"].mean() > in_sample.mean() + 0.05  # unseen artists look more known
+    # The rule is the validation operating point of the chosen method on those scores.
+    rule, op = art.task.unknown, art.openset["methods"][art.openset["method"]]["operating_point"]
+    method = rule["method"]
+    thr = -rule["threshold"] if method == "energy" else rule["threshold"]
+    again = openset.operating_point(thr, c["known"][method], c["correct"], c["unknown"][method])
+    assert again.unknown_rejected == pytest.approx(op["unknown_rejected"]) and again.known_correct == pytest.approx(op["known_correct"])
+    assert op["unknown_rejected"] >= 0.8 and op["known_accepted"] >= 0.8
+    # every method is scored on test at its own validation threshold
+    assert set(m["open_set_test"]["by_method"]) == set(openset.METHODS)
+    assert m["open_set_test"]["by_method"][method]["unknown_rejected"] == pytest.approx(m["open_set_test"]["rule"]["unknown_rejected"])
+
+
+def test_holdout_validation_is_still_offered_and_unknown_modes_refused():
+    import torch
+
+    torch.set_num_threads(1)
+    df, X = _clusters(n_known=3, n_unknown=8, per_known=40, per_unknown=10, seed=7)
+    art = train_artist_task(df, X, min_per_class=40, validation="holdout", threads=1,
+                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    assert art.metrics["split"]["validation"].startswith("holdout")
+    assert len(art.calibration_scores["correct"]) == art.metrics["split"]["known_val"]
+    assert art.task.unknown["label"] == "unknown artist"
+    with pytest.raises(ValueError, match="validation must be"):
+        train_artist_task(df, X, min_per_class=40, validation="test")
+
+
+def test_calibrate_scores_is_what_calibrate_chooses(trained):
+    _, X, art = trained
+    model = art.to_model(all_openset=True)
+    rng = np.random.default_rng(1)
+    known, unknown = X[:120], openset.l2n(rng.normal(size=(60, DIM)))
+    y = model.predict_proba(known)["artist"].argmax(axis=1)
+    y[::4] = (y[::4] + 1) % len(art.labels)  # some wrong answers
+    cal = openset.calibrate(model, "artist", known, y, unknown, known_rate="correct")
+    sk, su = openset.model_known_scores(model, "artist", known), openset.model_known_scores(model, "artist", unknown)
+    best, rule, results = openset.calibrate_scores(sk, y == model.predict_proba(known)["artist"].argmax(axis=1), su,
+                                                   known_rate="correct")
+    assert (best, rule, results) == (cal.method, cal.rule, cal.methods)
+    with pytest.raises(ValueError, match="known_rate"):
+        openset.calibrate_scores(sk, np.ones(len(known), bool), su, known_rate="named")
+
+
+def test_train_artist_report_names_the_kept_out_artists(trained):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from artlens.cli.artist import print_artist_report
+
+    _, _, art = trained
+    buf = StringIO()
+    print_artist_report(art.metrics, Console(file=buf, width=200))
+    out = buf.getvalue()
+    assert "kept out (< 40 paintings): Artist 06 (12)" in out and "Artist 17 (12)" in out
+
+
+def _lookalikes(n_known=6, n_unknown=24, per_known=50, per_unknown=10, spread=1.0, mix=0.5, seed=0):
+    """Unknown artists that resemble the known ones (WikiArt's case: other painters of the same
+    schools): each sits between a known artist and a direction the unknown artists share."""
+    rng = np.random.default_rng(seed)
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    known = [unit(rng.normal(size=DIM)) for _ in range(n_known)]
+    shared = unit(rng.normal(size=DIM))
+    rows, vecs = [], []
+    for a in range(n_known + n_unknown):
+        if a < n_known:
+            centre, n = known[a], per_known
+        else:
+            centre = unit((1 - mix) * known[rng.integers(n_known)] + mix * shared + 0.3 * unit(rng.normal(size=DIM)))
+            n = per_unknown
+        for i in range(n):
+            rows.append({"path": f"/data/Style/artist-{a:02d}_work-{i}.jpg", "sha256": f"{a:02d}{i:062d}"})
+            vecs.append(unit(centre + spread * rng.normal(size=DIM) / np.sqrt(DIM)))
+    return pd.DataFrame(rows), np.asarray(vecs, dtype=np.float32)
+
+
+def test_background_rule_is_chosen_when_unknown_artists_look_like_known_ones():
+    """The shipped rule on WikiArt: a background logit trained on other kept-out artists separates
+    look-alike unknown artists better than confidence or centroid distance, and its threshold, chosen
+    out of fold, holds on artists never seen (>= 80% rejected, >= 80% keep their correct name)."""
+    import torch
+
+    torch.set_num_threads(1)
+    df, X = _lookalikes(seed=0)
+    art = train_artist_task(df, X, min_per_class=40, threads=1,
+                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    val, test = art.metrics["open_set_validation"], art.metrics["open_set_test"]
+    assert art.task.unknown["method"] == val["method"] == "background"
+    auc = test["auroc_by_method"]
+    assert auc["background"] > max(auc["max_prob"], auc["energy"], auc["centroid"])
+    assert test["predict"]["unknown_called_unknown"] >= 0.8 and test["predict"]["known_correct_name"] >= 0.8
+    # Predictor (what users see) and the rule's own evaluation agree exactly.
+    assert test["predict"]["unknown_called_unknown"] == pytest.approx(test["rule"]["unknown_rejected"], abs=1e-4)
+    assert test["predict"]["known_correct_name"] == pytest.approx(test["rule"]["known_correct"], abs=1e-4)
+
+
+def test_crossfit_copes_with_artists_smaller_than_the_folds():
+    """--min-per-class 2: each known artist has one train+val painting for 5 folds (so the fold
+    holding it trains without that artist)."""
+    import torch
+
+    torch.set_num_threads(1)
+    df, X = _clusters(n_known=4, n_unknown=10, per_known=2, per_unknown=1, spread=0.5, seed=8)
+    art = train_artist_task(df, X, min_per_class=2, threads=1,
+                            candidates=[{"type": "linear", "weight_decay": [1e-2], "class_weight": [None]}])
+    assert art.metrics["split"]["known_artists"] == 4 and art.metrics["closed_set_val"]["n"] == 4
+    assert np.isfinite(art.calibration_scores["known"]["centroid"]).all()
+    assert art.task.unknown["label"] == "unknown artist"

@@ -72,3 +72,35 @@ def test_cli_flags_map_to_recipe_keys():
     assert load_recipe(None, _overrides(*[None] * 13, [], as_json=True))["finetune"]["progress"] == "none"
     merged = _merge_tasks([{"name": "origin", "column": "origin", "hidden": [256]}], "style, origin")
     assert merged == ["style", {"name": "origin", "column": "origin", "hidden": [256]}]
+
+
+def test_min_per_class_keeps_small_labels_out_and_names_them(tmp_path, fake_embeddings):
+    """`--min-per-class N` sets every task's min_count: labels with fewer rows are kept out and reported."""
+    from PIL import Image
+
+    from artlens.models.artmodel import ArtModel
+
+    data = make_dataset(tmp_path / "data", per_class=10)
+    (data / "Fauvism").mkdir()
+    for i in range(3):  # a greener class, too small for --min-per-class 5
+        arr = np.random.default_rng(5000 + i).integers(0, 156, size=(32, 32, 3), dtype=np.uint8)
+        arr[..., 1] += 100
+        Image.fromarray(arr, "RGB").save(data / "Fauvism" / f"Fauvism_{i}.png")
+    args = ["train", "--mode", "probe", "--data", str(data), "--tasks", "style", "--min-per-class", "5",
+            "--set", "probe.candidates=[{type: linear, weight_decay: [0.01]}]", "--set", "data.split.test=0.2"]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "m1"), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["kept_out"] == {"style": {"Fauvism": 3}}
+    model = ArtModel.load(tmp_path / "m1")
+    assert model.task("style").labels == ["Baroque", "Cubism"]
+    assert model.config["recipe"]["tasks"][0]["min_count"] == 5
+    # Without --json the kept-out labels are named in the command's output (a note on stderr).
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "m2")])
+    assert res.exit_code == 0, res.output
+    assert "Fauvism (3)" in res.output and "fewer than 5" in res.output
+    # Without the flag every label with a training row is a class.
+    res = CliRunner().invoke(app, args[:7] + args[9:] + ["--out", str(tmp_path / "m3"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["kept_out"] == {}
+    assert ArtModel.load(tmp_path / "m3").task("style").labels == ["Baroque", "Cubism", "Fauvism"]

@@ -30,8 +30,8 @@ def _manifest(source: Path, progress: bool):
 
 
 def _unknown_fractions(test_fraction: float) -> tuple[float, float, float]:
-    """Kept-out artists: 30% calibrate the rule, 1.5 x test_fraction measure it, the rest train the
-    background logit (40% at the default 0.2; 70% for a final model without test)."""
+    """Kept-out artists: 1.5 x test_fraction measure the rule, the rest train the background logit
+    and calibrate the rule (`--validation crossfit`: pooled, out of fold; `holdout`: 30% calibrate)."""
     test = min(1.5 * test_fraction, 0.45)
     return (1.0 - 0.3 - test, 0.3, test)
 
@@ -49,6 +49,7 @@ def train_artist(
     target_unknown: Annotated[float, typer.Option("--target-unknown", min=0.0, max=1.0, help="Share of unknown artists' paintings to call 'unknown artist' (validation).")] = 0.8,
     known_rate: Annotated[str, typer.Option("--known-rate", help="What --target-known counts: 'accepted' (known paintings the rule leaves a name) or 'correct' (keeping their correct name).")] = "accepted",
     background: Annotated[bool, typer.Option("--background/--no-background", help="Train a 'someone else' logit on part of the kept-out artists (usually the best open-set score).")] = True,
+    validation: Annotated[str, typer.Option("--validation", help="Where the weight decay, temperature and open-set threshold are chosen: 'crossfit' (out-of-fold scores over the train+val paintings, kept-out artists whole to a fold; the head then trains on all of them) or 'holdout' (train on train, choose on val).")] = "crossfit",
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5, help="Held out for the test numbers: this share of the known artists' paintings and of the kept-out artists' (0 for a final model).")] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
@@ -69,13 +70,13 @@ def train_artist(
         art, errors = artist_task_from_manifest(
             df, backbone, store_root=store, progress=err.is_terminal, column=column, min_per_class=min_per_class,
             fractions=(1.0 - 0.2 - test_fraction, 0.2, test_fraction), target_known=target_known,
-            target_unknown=target_unknown, known_rate=known_rate, background=background, seed=seed,
+            target_unknown=target_unknown, known_rate=known_rate, background=background, seed=seed, validation=validation,
             unknown_fractions=_unknown_fractions(test_fraction),
         )
         for path, reason in errors.itertuples(index=False):
             err.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
         model = add_artist_task(base, art) if base is not None else art.to_model(
-            {"backbone": {"name": backbone, "feature_dim": art.backbone["feature_dim"]}, "recipe": {"artist": {"min_per_class": min_per_class, "seed": seed}}}
+            {"backbone": {"name": backbone, "feature_dim": art.backbone["feature_dim"]}, "recipe": {"artist": {"min_per_class": min_per_class, "seed": seed, "validation": validation}}}
         )
         model.save(out)
         (out / "artist_metrics.json").write_text(json.dumps(art.metrics, indent=2) + "\n", encoding="utf-8")
@@ -101,6 +102,12 @@ def print_artist_report(m: dict, console) -> None:
         f"artists: {s.get('unknown_train_artists', 0)} train its background logit, {s.get('unknown_val_artists', 0)} "
         f"calibrate the rule, {s.get('unknown_test_artists', 0)} test it."
     )
+    kept = m.get("kept_out") or {}
+    if kept:
+        shown = ", ".join(f"{a} ({n})" for a, n in list(kept.items())[:12])
+        more = f" and {len(kept) - 12} more" if len(kept) > 12 else ""
+        console.print(f"kept out (< {s['min_per_class']} paintings): {shown}{more} [dim](all in artist_metrics.json)[/dim]",
+                      highlight=False, soft_wrap=True)
     t = Table(title="closed set (known artists, held-out paintings)")
     for c in ("split", "model", "n", "accuracy", "macro-F1", "top-5"):
         t.add_column(c, justify="right" if c not in ("split", "model") else "left")
@@ -108,10 +115,11 @@ def print_artist_report(m: dict, console) -> None:
         for name, key in (("artist head", "closed_set"), ("nearest centroid", "nearest_centroid")):
             r = m.get(f"{key}_{part}")
             if r:
-                t.add_row(part, name, str(r["n"]), f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r.get('top5_accuracy', float('nan')):.3f}")
+                t.add_row(part + (" (out of fold)" if r.get("out_of_fold") else ""), name, str(r["n"]), f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r.get('top5_accuracy', float('nan')):.3f}")
     console.print(t)
     v = m["open_set_validation"]
-    t = Table(title="open set on validation (whole artists held out)")
+    how = "out of fold" if str(s.get("validation", "")).startswith("crossfit") else "on validation"
+    t = Table(title=f"open set {how} (whole artists held out)")
     for c in ("method", "AUROC", "threshold", "known named", "known correct", "unknown rejected", "chosen"):
         t.add_column(c)
     for meth, r in v["methods"].items():

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 
 def _overrides(mode, data, tasks, out, backbone, epochs, batch_size, lr, seed, devices, strategy, num_nodes,
@@ -52,6 +52,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Fine-tune batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Fine-tune learning rate.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (data split, init, order).")] = None,
+    min_per_class: Annotated[Optional[int], typer.Option("--min-per-class", min=1, help="Labels (e.g. artists) with fewer labelled rows are kept out of every task and named in the output (the tasks' min_count).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Lightning Trainer devices (e.g. 1, 4, auto).")] = None,
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="Lightning strategy (e.g. ddp).")] = None,
     num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Lightning num_nodes.")] = None,
@@ -82,9 +83,11 @@ def train(
             base = load_recipe(recipe)
             overrides["tasks"] = _merge_tasks(base["tasks"], tasks)
         cfg = load_recipe(recipe, overrides)
+        if min_per_class is not None:
+            for t in cfg["tasks"]:
+                t["min_count"] = int(min_per_class)
     except (RecipeError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     out_dir = Path(cfg["out"] or Path("runs") / cfg["name"])
     cfg["out"] = str(out_dir)
 
@@ -92,10 +95,10 @@ def train(
         from artlens.train.data import prepare
 
         err.print(f"[bold]artlens train[/bold] {cfg['name']}: mode {cfg['mode']}, backbone {cfg['backbone']['name']}, "
-                  f"tasks {', '.join(t['name'] for t in cfg['tasks'])} -> {out_dir}", highlight=False)
+                  f"tasks {', '.join(t['name'] for t in cfg['tasks'])} -> {shown(out_dir)}", highlight=False, soft_wrap=True)
         prepared = prepare(cfg, use_cache=not no_cache, progress=err.is_terminal)
         for note in prepared.notes:
-            err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+            err.print(f"[yellow]note:[/yellow] {shown(note)}", highlight=False, soft_wrap=True)
         for task, c in prepared.counts().items():
             err.print(f"  {task}: " + ", ".join(f"{k} {v}" for k, v in c.items()), highlight=False)
         if cfg["mode"] == "probe":
@@ -114,8 +117,7 @@ def train(
         err.print("[yellow]interrupted[/yellow]" + (" (continue with --resume)" if cfg["mode"] == "finetune" else ""))
         raise typer.Exit(EXIT_ERROR)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     if not result:  # a non-zero rank of a multi-process run
         raise typer.Exit(EXIT_OK)
 
@@ -124,16 +126,16 @@ def train(
         from artlens.train.export import compact
 
         payload = {"model_dir": result["model_dir"], "mode": cfg["mode"], "metrics": compact(result["metrics"]),
-                   "unreadable_files": failed}
+                   "unreadable_files": failed, "kept_out": getattr(prepared, "kept_out", {})}
         sys.stdout.write(json.dumps(payload, indent=2, default=float) + "\n")
     else:
         from artlens.train.export import summary_table
 
         Console().print(summary_table(result, title=f"artlens train: {cfg['name']} ({cfg['mode']})"))
-        Console().print(f"model saved to [bold]{result['model_dir']}[/bold]", highlight=False)
+        Console().print(f"model saved to [bold]{shown(result['model_dir'])}[/bold]", highlight=False, soft_wrap=True)
     if failed:
-        err.print(f"[yellow]{failed} unreadable file(s) were left out[/yellow] (see the scan report)")
-        for path, reason in prepared.errors.head(10).itertuples(index=False):
-            err.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
+        for path, reason in prepared.errors[["path", "reason"]].itertuples(index=False):  # every one, one line each
+            report(err, "unreadable", path, reason)
+        err.print(f"[yellow]{failed} unreadable file(s) were left out[/yellow]")
         raise typer.Exit(EXIT_PARTIAL)
     raise typer.Exit(EXIT_OK)

@@ -37,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
         "embed_batch_size": 32,
     },
     # Each task: a name or {name, column, hidden, dropout, min_count, weight}. `column` may join
-    # columns with `+` (e.g. `origin+style` -> labels like `ai_Baroque`).
+    # columns with `+` (e.g. `origin+style` -> labels like `ai_Baroque`). `min_count`: labels with
+    # fewer labelled rows (all splits; `artlens train --min-per-class N` sets it on every task) are
+    # kept out of the task and named in the run's notes.
     "tasks": ["style"],
     "probe": {
         "standardize": True,

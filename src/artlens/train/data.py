@@ -33,6 +33,7 @@ class Prepared:
     targets: dict[str, np.ndarray]  # task -> (N,) int64, -1 = no label
     errors: Any  # DataFrame path, reason (files the scans could not read)
     notes: list[str] = field(default_factory=list)
+    kept_out: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> {label: rows} under its min_count
 
     @property
     def split(self) -> np.ndarray:
@@ -222,8 +223,13 @@ def _has(df, column: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- everything
-def encode_targets(df, tasks: list[dict]) -> tuple[list[dict], dict[str, np.ndarray], list[str]]:
-    """Label lists from the training rows; rows with other labels are masked (noted)."""
+def encode_targets(df, tasks: list[dict], kept_out: dict | None = None) -> tuple[list[dict], dict[str, np.ndarray], list[str]]:
+    """Label lists from the training rows; rows with other labels are masked (noted).
+
+    A task's `min_count` keeps out labels with fewer labelled rows (all splits together: for an
+    artist task, paintings) than that; they are named in a note and, when `kept_out` is a dict,
+    recorded in it as `{task: {label: rows}}` (most rows first).
+    """
     notes = []
     split = df["split"].astype(str).to_numpy()
     out_tasks, targets = [], {}
@@ -233,7 +239,17 @@ def encode_targets(df, tasks: list[dict]) -> tuple[list[dict], dict[str, np.ndar
             raise KeyError(f"task {t['name']!r}: column {t['column']!r} is in none of the data sources")
         train_vals = values[(split == "train") & values.notna().to_numpy()]
         counts = train_vals.value_counts()
-        labels = sorted(str(v) for v, c in counts.items() if c >= t.get("min_count", 1))
+        min_count = int(t.get("min_count", 1) or 1)
+        all_counts = values[values.notna()].value_counts()
+        labels = sorted(str(v) for v in counts.index if all_counts.get(v, 0) >= min_count)
+        under = {str(v): int(c) for v, c in all_counts.sort_values(ascending=False, kind="stable").items() if c < min_count}
+        if under:
+            shown = ", ".join(f"{k} ({n})" for k, n in list(under.items())[:10])
+            more = f" and {len(under) - 10} more" if len(under) > 10 else ""
+            notes.append(f"task {t['name']}: {len(under)} label(s) with fewer than {min_count} rows are kept out of it "
+                         f"({sum(under.values())} rows): {shown}{more}")
+            if kept_out is not None:
+                kept_out[t["name"]] = under
         if len(labels) < 2:
             raise ValueError(f"task {t['name']!r}: needs at least 2 labels in the training rows, found {labels}")
         index = {lab: i for i, lab in enumerate(labels)}
@@ -262,5 +278,6 @@ def prepare(recipe: dict, *, use_cache: bool = True, progress: bool = True) -> P
         raise ValueError("no row of the data carries a label for any task "
                          f"({', '.join(t['column'] for t in tasks)})")
     df = ensure_splits(df, tasks, recipe["data"]["split"], recipe["seed"])
-    tasks, targets, notes = encode_targets(df, tasks)
-    return Prepared(df, tasks, targets, errors, notes)
+    kept_out: dict[str, dict[str, int]] = {}
+    tasks, targets, notes = encode_targets(df, tasks, kept_out)
+    return Prepared(df, tasks, targets, errors, notes, kept_out)

@@ -248,6 +248,59 @@ class OpenSetCalibration:
         return {"method": self.method, "rule": self.rule, "methods": self.methods}
 
 
+def calibrate_scores(
+    known_scores_by_method: dict[str, np.ndarray],
+    correct: np.ndarray,
+    unknown_scores_by_method: dict[str, np.ndarray],
+    *,
+    methods: Sequence[str] = METHODS,
+    target_known: float = 0.8,
+    target_unknown: float | None = 0.8,
+    known_rate: str = "accepted",
+    label: str = DEFAULT_LABEL,
+    select_by: str = "auroc",
+) -> tuple[str, dict, dict[str, dict]]:
+    """The open-set choice from known scores already computed: `(best method, its rule, per-method
+    {"auroc", "operating_point"})`.
+
+    `known_scores_by_method[m]`: scores of validation paintings of the head's classes (`correct`:
+    whether the head names each one correctly); `unknown_scores_by_method[m]`: scores of paintings
+    by classes the head never saw (whole artists held out). They may come from one held-out split or
+    be out-of-fold scores of a cross-fitting (`artlens.train.artist`). `select_by` is `auroc`
+    (threshold-free separation) or `unknown_rejected` (rejection at the chosen threshold).
+    `known_rate`: what `target_known` counts, `accepted` (known paintings the rule leaves a name:
+    the rule's own cost) or `correct` (known paintings keeping their correct name, bounded by the
+    head's accuracy).
+    """
+    if known_rate not in ("correct", "accepted"):
+        raise ValueError(f"known_rate must be 'correct' or 'accepted', not {known_rate!r}")
+    correct = np.asarray(correct, dtype=bool)
+    target_correct = correct if known_rate == "correct" else np.ones_like(correct)
+    sk, su = known_scores_by_method, unknown_scores_by_method
+    results: dict[str, dict] = {}
+    for m in methods:
+        if m not in sk or m not in su:
+            continue
+        if len(su[m]) == 0:
+            raise ValueError("open-set calibration needs validation paintings of unknown classes")
+        op = choose_threshold(sk[m], target_correct, su[m], target_known=target_known, target_unknown=target_unknown)
+        if known_rate == "accepted":  # report the real correct-name share at that cut
+            crit = op.criterion.replace("known_correct>=", "known_named>=").replace("max known_correct+", "max known_named+")
+            op = operating_point(op.threshold, sk[m], correct, su[m], criterion=crit)
+        results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
+    if not results:
+        raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
+
+    def key(m: str) -> tuple:
+        r = results[m]
+        op = r["operating_point"]
+        return (r["auroc"], op["unknown_rejected"]) if select_by == "auroc" else (op["unknown_rejected"], r["auroc"])
+
+    best = max(results, key=key)
+    rule = make_rule(best, results[best]["operating_point"]["threshold"], label=label)
+    return best, rule, results
+
+
 def calibrate(
     model,
     task: str,
@@ -267,11 +320,8 @@ def calibrate(
 
     `known_features`/`known_y`: validation paintings of the head's classes (y indexes its labels);
     `unknown_features`: validation paintings of classes the head never saw (whole artists held out).
-    `select_by` is `auroc` (threshold-free separation) or `unknown_rejected` (rejection at the
-    chosen threshold). `known_rate`: what `target_known` counts, `accepted` (known paintings the
-    rule leaves a name: the rule's own cost) or `correct` (known paintings keeping their correct
-    name, bounded by the head's accuracy). Scores run through `model` exactly as `Predictor`
-    computes them.
+    Scores run through `model` exactly as `Predictor` computes them; the choice is
+    `calibrate_scores`'s (see there for `select_by` and `known_rate`).
     """
     if known_rate not in ("correct", "accepted"):
         raise ValueError(f"known_rate must be 'correct' or 'accepted', not {known_rate!r}")
@@ -280,38 +330,23 @@ def calibrate(
     if centroids is not None:
         centroids = l2n(centroids)
     known_y = np.asarray(known_y, dtype=np.int64)
-    pred = model.predict_proba(known_features)[task].argmax(axis=1)
-    correct = pred == known_y
-    target_correct = correct if known_rate == "correct" else np.ones_like(correct)
+    correct = model.predict_proba(known_features)[task].argmax(axis=1) == known_y
     sk = model_known_scores(model, task, known_features, centroids)
     su = model_known_scores(model, task, unknown_features, centroids)
-    results: dict[str, dict] = {}
-    for m in methods:
-        if m not in sk:
-            continue
-        op = choose_threshold(sk[m], target_correct, su[m], target_known=target_known, target_unknown=target_unknown)
-        if known_rate == "accepted":  # report the real correct-name share at that cut
-            crit = op.criterion.replace("known_correct>=", "known_named>=").replace("max known_correct+", "max known_named+")
-            op = operating_point(op.threshold, sk[m], correct, su[m], criterion=crit)
-        results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
-    if not results:
-        raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
+    best, rule, results = calibrate_scores(sk, correct, su, methods=methods, target_known=target_known,
+                                           target_unknown=target_unknown, known_rate=known_rate, label=label,
+                                           select_by=select_by)
+    return OpenSetCalibration(method=best, rule=rule, tensors=rule_tensors(model, task, best, centroids), methods=results)
 
-    def key(m: str) -> tuple:
-        r = results[m]
-        op = r["operating_point"]
-        return (r["auroc"], op["unknown_rejected"]) if select_by == "auroc" else (op["unknown_rejected"], r["auroc"])
 
-    best = max(results, key=key)
-    rule = make_rule(best, results[best]["operating_point"]["threshold"], label=label)
-    if best == "centroid":
+def rule_tensors(model, task: str, method: str, centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The `openset.<task>.*` tensors a rule of `method` needs, taken from `model` (or `centroids`)."""
+    if method == "centroid":
         c = centroids if centroids is not None else model.tensors[f"openset.{task}.centroids"]
-        tensors = {f"openset.{task}.centroids": np.asarray(c, np.float32)}
-    elif best == "background":
-        tensors = {k: v for k, v in model.tensors.items() if k.startswith(f"openset.{task}.background.")}
-    else:
-        tensors = {}
-    return OpenSetCalibration(method=best, rule=rule, tensors=tensors, methods=results)
+        return {f"openset.{task}.centroids": np.asarray(c, np.float32)}
+    if method == "background":
+        return {k: v for k, v in model.tensors.items() if k.startswith(f"openset.{task}.background.")}
+    return {}
 
 
 def evaluate_rule(

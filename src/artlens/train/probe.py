@@ -394,7 +394,8 @@ def subset(prepared, mask: np.ndarray):
     from artlens.train.data import Prepared
 
     return Prepared(prepared.df[mask].reset_index(drop=True), prepared.tasks,
-                    {k: v[mask] for k, v in prepared.targets.items()}, prepared.errors, prepared.notes)
+                    {k: v[mask] for k, v in prepared.targets.items()}, prepared.errors, prepared.notes,
+                    getattr(prepared, "kept_out", {}))
 
 
 def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None, show_progress: bool = True) -> dict:
