@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app
+from artlens.cli import EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 
 def _manifest(source: Path, progress: bool):
@@ -74,15 +74,14 @@ def train_artist(
             unknown_fractions=_unknown_fractions(test_fraction),
         )
         for path, reason in errors.itertuples(index=False):
-            err.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+            report(err, "skipped", path, reason)
         model = add_artist_task(base, art) if base is not None else art.to_model(
             {"backbone": {"name": backbone, "feature_dim": art.backbone["feature_dim"]}, "recipe": {"artist": {"min_per_class": min_per_class, "seed": seed, "validation": validation}}}
         )
         model.save(out)
         (out / "artist_metrics.json").write_text(json.dumps(art.metrics, indent=2) + "\n", encoding="utf-8")
     except (ModelFormatError, ValueError, OSError, RuntimeError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     if as_json:
         sys.stdout.write(json.dumps(art.metrics, indent=2) + "\n")
     else:
@@ -185,8 +184,7 @@ def attribute(
         matches = att.attribute(vectors[good], query_sha256=[shas[i] for i in good], top_artists=top_artists,
                                 works_per_artist=works, method=method, exclude_duplicates=exclude_self) if good else []
     except (ModelFormatError, RetrievalError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     by_row = dict(zip(good, matches))
     results = [{"path": p, "error": errors.get(i), "artists": [a.to_dict() for a in by_row.get(i, [])]} for i, p in enumerate(files)]
     if m is not None and good:
@@ -198,7 +196,7 @@ def attribute(
     for r in results:
         if r["error"]:
             failed += 1
-            err.print(f"[yellow]skipped[/yellow] {r['path']}: {r['error']}", highlight=False, soft_wrap=True)
+            report(err, "skipped", r["path"], r["error"])
         if as_json:
             sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
     if not as_json:
@@ -212,7 +210,7 @@ def print_attribution(results: list[dict], console) -> None:
     for r in results:
         if r["error"]:
             continue
-        title = r["path"]
+        title = shown(r["path"])
         if r.get("model"):
             a = r["model"]
             title += f"\nartist head: [bold]{a['label']}[/bold]" + (f" {a['top'][0]['prob']:.0%}" if a["label"] == a["top"][0]["label"] else "") + (
@@ -225,7 +223,7 @@ def print_attribution(results: list[dict], console) -> None:
         t.add_column("closest works (cosine)")
         for i, a in enumerate(r["artists"], start=1):
             works = "\n".join(
-                f"{w['similarity']:.3f}  {w['title'] or w['path']}" + (" [yellow](this image)[/yellow]" if w["duplicate"] else "")
+                f"{w['similarity']:.3f}  {shown(w['title'] or w['path'])}" + (" [yellow](this image)[/yellow]" if w["duplicate"] else "")
                 for w in a["works"]
             )
             t.add_row(str(i), f"{a['artist']}\n[dim]{a['n_works']} works[/dim]", f"{a['score']:.3f}\n[dim]centroid {a['centroid_similarity']:.3f}[/dim]", works)
