@@ -104,3 +104,32 @@ def test_min_per_class_keeps_small_labels_out_and_names_them(tmp_path, fake_embe
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["kept_out"] == {}
     assert ArtModel.load(tmp_path / "m3").task("style").labels == ["Baroque", "Cubism", "Fauvism"]
+
+
+def test_files_the_encoder_rejects_after_the_scan_are_reported_and_exit_2(tmp_path, monkeypatch):
+    # A file can pass the scan and still fail at embedding (changed on disk, decoder limits):
+    # training goes on without it, names it on one line, and exits 2 (partial), like scan errors.
+    import pandas as pd
+
+    import artlens.embed
+    import artlens.train.probe as probe
+
+    monkeypatch.setattr(probe, "_spec", lambda name: TinySpec())
+    data = make_dataset(tmp_path / "data", per_class=10)
+    victim = {}
+
+    def embed_manifest(df, backbone, **kw):
+        paths = list(df["path"])
+        victim["path"] = paths[3]
+        ok = np.array([p != paths[3] for p in paths])
+        rng = np.random.default_rng(0)
+        vectors = np.stack([np.concatenate([[1.0 if "Baroque" in p else 0.0], rng.normal(size=4) * 0.01]) for p in paths])
+        errors = pd.DataFrame({"path": [paths[3]], "reason": ["corrupt image data (test)"]})
+        return vectors.astype(np.float32), ok, errors
+
+    monkeypatch.setattr(artlens.embed, "embed_manifest", embed_manifest)
+    res = CliRunner().invoke(app, ["train", "--mode", "probe", "--data", str(data), "--tasks", "style",
+                                   "--out", str(tmp_path / "model"), "--json"])
+    assert res.exit_code == 2, res.output
+    assert json.loads(res.stdout)["unreadable_files"] == 1
+    assert f"{victim['path']}: corrupt image data (test)" in res.stderr

@@ -121,7 +121,8 @@ def train(
     if not result:  # a non-zero rank of a multi-process run
         raise typer.Exit(EXIT_OK)
 
-    failed = int(len(prepared.errors))
+    unreadable = list(prepared.errors[["path", "reason"]].itertuples(index=False)) + list(result.get("embed_errors") or [])
+    failed = len(unreadable)
     if as_json:
         from artlens.train.export import compact
 
@@ -134,7 +135,7 @@ def train(
         Console().print(summary_table(result, title=f"artlens train: {cfg['name']} ({cfg['mode']})"))
         Console().print(f"model saved to [bold]{shown(result['model_dir'])}[/bold]", highlight=False, soft_wrap=True)
     if failed:
-        for path, reason in prepared.errors[["path", "reason"]].itertuples(index=False):  # every one, one line each
+        for path, reason in unreadable:  # every one, one line each
             report(err, "unreadable", path, reason)
         err.print(f"[yellow]{failed} unreadable file(s) were left out[/yellow]")
         raise typer.Exit(EXIT_PARTIAL)

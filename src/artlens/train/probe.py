@@ -407,10 +407,10 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
 
     t0 = time.perf_counter()
     prepared = prepared or prepare(recipe, progress=show_progress)
-    embed_stats = None
+    embed_stats = embed_errors = None
     if features is None:
         t_embed = time.perf_counter()
-        features, prepared, _, embed_stats = embed_rows(prepared, recipe, progress=show_progress)
+        features, prepared, embed_errors, embed_stats = embed_rows(prepared, recipe, progress=show_progress)
         embed_seconds = time.perf_counter() - t_embed
     else:
         embed_seconds = 0.0
@@ -423,8 +423,13 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
              "total_seconds": round(time.perf_counter() - t0, 2)}
     if embed_stats is not None and hasattr(embed_stats, "as_dict"):
         extra["embedding"] = embed_stats.as_dict()
-    return save_run(recipe, result.tasks, result.heads, result.metrics, Path(out), mode="probe", spec=spec,
-                    prepared=prepared, extra=extra, feature_dim=features.shape[1])
+    saved = save_run(recipe, result.tasks, result.heads, result.metrics, Path(out), mode="probe", spec=spec,
+                     prepared=prepared, extra=extra, feature_dim=features.shape[1])
+    # Files the scan accepted but the encoder could not use: the caller reports them with the
+    # scan's unreadable files (and exits "partial").
+    saved["embed_errors"] = [] if embed_errors is None or not len(embed_errors) else [
+        (str(a), str(b)) for a, b in embed_errors[["path", "reason"]].itertuples(index=False)]
+    return saved
 
 
 def _spec(name: str):
