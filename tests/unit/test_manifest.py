@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 
 import numpy as np
 import pandas as pd
@@ -178,12 +177,16 @@ def _crashing_probe(path, max_pixels=M.MAX_PIXELS):
     return _REAL_PROBE(path, max_pixels)
 
 
-@pytest.mark.skipif(threading.active_count() > 1, reason="the crash test needs the fork start method")
 def test_worker_crash_names_the_file(tmp_path, monkeypatch):
+    import multiprocessing as mp
+
     paths = [str(make_image(tmp_path / f"{i}.png", size=(8, 8), seed=i)) for i in range(M._PARALLEL_MIN + 10)]
     culprit = paths[20]
     monkeypatch.setenv("ARTLENS_TEST_CRASH_ON", culprit)
     monkeypatch.setattr(M, "probe_file", _crashing_probe)
+    # The workers must inherit the patched probe: fork, even when an earlier test left idle
+    # threads behind (a cached encoder's thread pool), which makes the scan pick forkserver.
+    monkeypatch.setattr(M, "_pool_context", lambda: mp.get_context("fork"))
     results = list(M.decode_files(paths, workers=2, chunksize=4))
     assert [r[0] for r in results] == paths  # every file once, in order
     by_path = {r[0]: r for r in results}
