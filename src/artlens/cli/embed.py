@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, report
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -65,7 +65,6 @@ def embed(
 ) -> None:
     """Embed images with a backbone, reusing every vector already in the store."""
     from rich.console import Console
-    from rich.markup import escape
 
     from artlens.embed import embed_manifest
     from artlens.embed.export import save_embeddings
@@ -75,11 +74,9 @@ def embed(
     try:
         df, scan_errors = _load_source(source, layout, show)
     except Exception as exc:  # a bad manifest or source is one clear line, not a traceback
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     if len(df) == 0:
-        err.print(f"[red]error:[/red] no images in {escape(str(source))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, f"no images in {source}")
 
     try:
         result = embed_manifest(df, backbone, store_root=store, batch_size=batch_size, workers=workers, progress=show)
@@ -87,8 +84,7 @@ def embed(
         err.print("[yellow]interrupted[/yellow]: the vectors computed so far are saved; run the same command to resume")
         raise typer.Exit(EXIT_ERROR)
     except Exception as exc:  # unknown backbone, missing weights...
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     vectors, ok, errors = result
     stats = result.stats
 
@@ -114,8 +110,7 @@ def embed(
     try:
         save_embeddings(out, rows, vectors[ok], info)
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot write {escape(str(out))}: {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, f"cannot write {out}: {exc}")
 
     summary = {
         "source": str(source),

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
+from artlens.cli import EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 
 @app.command()
@@ -107,17 +107,14 @@ def curves(
     err = Console(stderr=True)
     csv = find_metrics_csv(logs)
     if csv is None:
-        err.print(f"[red]error:[/red] {logs}: no metrics.csv found", highlight=False)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, f"{logs}: no metrics.csv found")
     try:
         per_epoch = read_epoch_metrics(csv)
     except CurvesError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     groups = curve_groups(per_epoch)
     if not any(groups.values()):
-        err.print(f"[red]error:[/red] {csv}: no loss or accuracy columns ({', '.join(per_epoch.columns)})", highlight=False)
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, f"{csv}: no loss or accuracy columns ({', '.join(per_epoch.columns)})")
     plots.curves_png(per_epoch, groups, out)
     if as_json:
         sys.stdout.write(json.dumps({"source": str(csv), "png": str(out), **summarise(per_epoch)}) + "\n")

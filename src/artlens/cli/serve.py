@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_ERROR, app
+from artlens.cli import app, fail
 
 
 @app.command()
@@ -41,8 +41,7 @@ def serve(
         if index is not None and not index.is_dir():
             raise ValueError(f"{index}: not an index directory")
     except (ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
     if not _is_loopback(host):
         err.print(
             f"[yellow]note:[/yellow] listening on {host}: anyone who can reach this address can use the server "
@@ -64,11 +63,9 @@ def serve(
         uvicorn.run(application, host=host, port=port, log_level=log_level, timeout_keep_alive=5, limit_concurrency=1024)
     except SystemExit as exc:  # uvicorn exits 3 when start-up fails (index unreadable, port in use)
         if exc.code not in (0, None):
-            err.print("[red]error:[/red] the server could not start (see the log above)")
-            raise typer.Exit(EXIT_ERROR) from None
+            fail(err, "the server could not start (see the log above)")
     except Exception as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR)
+        fail(err, exc)
 
 
 def _is_loopback(host: str) -> bool:
