@@ -92,6 +92,8 @@ def test_onnx_model_is_built_once_into_the_cache():
     assert "DynamicQuantizeLinear" not in ops  # the batch-wide quantization is gone
     assert ops.count("MatMulIntegerToFloat") == 73  # every linear layer stays INT8
     assert ops.count("MultiHeadAttention") == 12  # the fused build passed its self-check
+    outputs = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    assert outputs == [C.ONNX_OUTPUT, C.ONNX_MID_OUTPUT]
 
 
 def test_onnx_embeddings_do_not_depend_on_the_batch(session, pixels):
@@ -108,6 +110,12 @@ def test_onnx_embeddings_do_not_depend_on_the_batch(session, pixels):
     for other in (reversed_batch, mixed_out, runner_out):
         cos = _cos(alone, other)
         assert cos.min() >= 0.999, cos
+    # the full feature vector (with the mid-layer patch means) is batch-independent too
+    with C.ClipOnnxRunner(workers=2) as runner:
+        feats_alone = np.concatenate([runner.features(probe[i : i + 1]) for i in range(len(probe))])
+        feats_mixed = runner.features(np.concatenate([mates[:9], probe]))[9:]
+    assert feats_alone.shape == (6, C.CLIP_FEATURE_DIM)
+    assert (feats_alone * feats_mixed).sum(1).min() >= 0.999
     # different images stay different
     assert _cos(alone[:1], alone[1:2])[0] < 0.99
 
@@ -135,8 +143,12 @@ def test_torch_rebuild_is_stable_and_is_the_registry_backbone(torch_model):
     layer.register_forward_hook(lambda m, i, o: acts.update(a=o))
     layer.register_full_backward_hook(lambda m, gi, go: acts.update(g=go[0]))
     out = backbone(x[:1])
-    assert out.shape == (1, spec.feature_dim)
-    assert np.allclose(out.detach().numpy(), emb[:1], atol=1e-4)
+    assert out.shape == (1, spec.feature_dim) and spec.feature_dim == C.CLIP_FEATURE_DIM
+    # the first block is the normalised embedding (/ 2); the whole is what the ONNX encoder gives
+    assert np.allclose(out.detach().numpy()[:, :512] * 2, _norm(emb[:1]), atol=1e-4)
+    with C.ClipOnnxRunner(workers=1) as runner:
+        onnx_feats = runner.features(x[:1].numpy())
+    assert float((out.detach().numpy() * onnx_feats).sum()) > 0.97
     out[0, 0].backward()
     grid = C.vit_reshape_transform(acts["g"])
     assert grid.shape == (1, 768, 14, 14)

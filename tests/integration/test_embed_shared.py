@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from artlens.models.clip import CLIP_FEATURE_DIM
+
 pytestmark = pytest.mark.integration
 
 STYLES = ("Ukiyo_e", "Pop_Art", "Pointillism")
@@ -41,7 +43,7 @@ def test_clip_vectors_are_normalised_and_separate_styles(clip, real_paths):
 
     paths = [p for s in STYLES for p in real_paths[s]]
     vecs = clip.embed_images([load_image(p) for p in paths])
-    assert vecs.shape == (len(paths), 512) and clip.dim == 512
+    assert vecs.shape == (len(paths), CLIP_FEATURE_DIM) and clip.dim == CLIP_FEATURE_DIM
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-4)
     labels = np.repeat(np.arange(len(STYLES)), 4)
     sim = vecs @ vecs.T
@@ -69,7 +71,7 @@ def test_artlens_embed_cli_on_real_images(tmp_path, clip, real_paths):
            "--json", "--workers", "1", "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1])
-    assert first["computed"] == len(paths) and first["failed"] == 0 and first["dim"] == 512
+    assert first["computed"] == len(paths) and first["failed"] == 0 and first["dim"] == CLIP_FEATURE_DIM
     second = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1])
     assert second["computed"] == 0 and second["reused"] == len(paths)
     assert second["backbone_id"] == clip.backbone_id

@@ -16,7 +16,7 @@ from artlens.models import clip as C
 torch.set_num_threads(1)
 
 EXPECTED = {
-    "clip-vit-b16": 512,
+    "clip-vit-b16": 512 + 3 * 768,  # image embedding + mid-layer patch means
     "efficientnet-lite0": 1280,
     "efficientnet-lite1": 1280,
     "efficientnet-lite2": 1280,
@@ -121,10 +121,22 @@ def _tiny_clip():
 
 def test_clip_encoder_wrapper_and_vit_reshape_transform():
     clip = _tiny_clip()
-    enc = B._clip_encoder_class()(clip).eval()
+    with pytest.raises(ValueError, match="do not fit a 2-block"):
+        B._clip_encoder_class()(clip)  # the real mid layers (5, 7, 9) need 12 blocks
+    enc = B._clip_encoder_class()(clip, mid_layers=(0, 1)).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        assert torch.allclose(enc(x), clip(pixel_values=x).image_embeds, atol=1e-6)
+        out = enc(x)
+        ref = clip(pixel_values=x, output_hidden_states=True)
+    emb = torch.nn.functional.normalize(ref.image_embeds, dim=1)
+    proj = emb.shape[1]
+    assert out.shape == (2, proj + 2 * clip.config.hidden_size)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(out[:, :proj] * 3**0.5, emb, atol=1e-5)  # 3 blocks, each scaled by 1/sqrt(3)
+    # the second block: block 0's mean patch token, centred and normalised, the same as clip_features'
+    mid0 = ref.hidden_states[1][:, 1:].mean(dim=1)
+    mid0 = torch.nn.functional.normalize(mid0 - mid0.mean(dim=1, keepdim=True), dim=1)
+    assert torch.allclose(out[:, proj : proj + clip.config.hidden_size] * 3**0.5, mid0, atol=1e-5)
     # The spec's Grad-CAM layer path (with the last layer index of this 2-layer model) resolves.
     layer = enc.get_submodule(C.CLIP_GRADCAM_LAYER.replace("layers.11", "layers.1"))
     acts = {}
@@ -257,20 +269,25 @@ def test_rewrite_rejects_a_model_without_dynamic_quantization(tmp_path):
 
 
 def _toy_encoder(tmp_path):
-    """An ONNX model with the CLIP encoder's interface: per-image mean colour -> 512-d."""
+    """An ONNX model with the CLIP encoder's interface: per-image mean colour -> 512-d embedding and
+    3 x 768 patch means."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 512)).astype(np.float32)
+    w2 = rng.standard_normal((3, 3 * 768)).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("ReduceMean", ["pixel_values"], ["m"], axes=[2, 3], keepdims=0),
             helper.make_node("MatMul", ["m", "W"], ["image_embeds"]),
+            helper.make_node("MatMul", ["m", "W2"], ["patch_means"]),
         ],
         "toy",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["N", 512])],
-        [numpy_helper.from_array(w, "W")],
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["N", 512]),
+         helper.make_tensor_value_info("patch_means", TensorProto.FLOAT, ["N", 3 * 768])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(w2, "W2")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
@@ -290,6 +307,32 @@ def test_runner_splits_batches_across_sessions_in_order(tmp_path):
         assert np.allclose(runner(x), expected, atol=1e-5)
         assert np.allclose(C.clip_embed(runner, x[:2]), expected[:2], atol=1e-5)  # fewer images than workers
         assert runner(x[:0]).shape == (0, 512)
+        emb, mids = sessions[0].run(["image_embeds", "patch_means"], {"pixel_values": x})
+        assert np.allclose(runner.features(x), C.clip_features(emb, mids), atol=1e-5)
+        assert runner.features(x[:0]).shape == (0, C.CLIP_FEATURE_DIM)
         with pytest.raises(ValueError, match=r"expected \(N, 3, 224, 224\)"):
             runner(x[:, :, :100])
     assert np.allclose(C.clip_embed(sessions[1], x), expected, atol=1e-5)
+
+
+def test_clip_features_normalise_each_block():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((4, C.CLIP_EMBED_DIM)).astype(np.float32)
+    mids = rng.standard_normal((4, 3 * 768)).astype(np.float32)
+    f = C.clip_features(emb, mids)
+    assert f.shape == (4, C.CLIP_FEATURE_DIM) and f.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(f[:, :512] * 2, emb / np.linalg.norm(emb, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    blocks = f[:, 512:].reshape(4, 3, 768)
+    np.testing.assert_allclose(np.linalg.norm(blocks, axis=2), 0.5, rtol=1e-5)
+    np.testing.assert_allclose(blocks.sum(axis=2), 0.0, atol=1e-4)  # centred over the channels
+    # the embedding's scale and a mid layer's constant offset (the residual stream's) do not matter
+    shifted = mids.copy()
+    shifted[:, 768:1536] += 50.0
+    np.testing.assert_allclose(C.clip_features(emb * 3, shifted), f, atol=1e-5)
+    # but each block's content does: a different mid layer changes only its own block
+    other = mids.copy()
+    other[:, :768] = rng.standard_normal((4, 768))
+    g = C.clip_features(emb, other)
+    assert np.allclose(g[:, :512], f[:, :512]) and np.allclose(g[:, 1280:], f[:, 1280:])
+    assert not np.allclose(g[:, 512:1280], f[:, 512:1280], atol=1e-3)

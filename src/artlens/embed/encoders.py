@@ -141,16 +141,18 @@ class SpecPreprocess:
 class OnnxEncoder(Encoder):
     """An onnxruntime session whose first output is the embedding."""
 
-    def __init__(self, name: str, session, preprocess: Callable, backbone_id: str, output: str | None = None, runner: Callable | None = None):
+    def __init__(self, name: str, session, preprocess: Callable, backbone_id: str, output: str | None = None, runner: Callable | None = None,
+                 dim: int | None = None):
         self.name = name
         self.session = session
-        self.runner = runner  # optional: runs a batch instead of `session` (e.g. ClipOnnxRunner)
+        self.runner = runner  # optional: runs a batch instead of `session` (e.g. ClipOnnxRunner.features); `dim` its width
         self.preprocess = preprocess
         self.backbone_id = backbone_id
         self.input_name = session.get_inputs()[0].name
         outputs = [o.name for o in session.get_outputs()]
         self.output_name = output if output in outputs else outputs[0]
-        dim = session.get_outputs()[outputs.index(self.output_name)].shape[-1]
+        if dim is None:
+            dim = session.get_outputs()[outputs.index(self.output_name)].shape[-1]
         self.dim = int(dim) if isinstance(dim, int) else int(self.embed_batch(np.zeros((1, 3, 224, 224), np.float32)).shape[1])
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -175,11 +177,13 @@ def _clip_onnx_encoder() -> OnnxEncoder:
     fingerprint = {
         # The cached model's file name hashes the weights' source id and the build recipe.
         "model": clip_mod.clip_onnx_path().name,
+        "features": f"embed+patch-means{list(clip_mod.CLIP_MID_LAYERS)}",
         "weights_id": spec.weights_id,
         "preprocess": SpecPreprocess.from_spec(spec).fingerprint(),
     }
     backbone_id = make_backbone_id(CLIP_NAME, "onnx", fingerprint)
-    return OnnxEncoder(CLIP_NAME, runner.sessions[0], clip_mod.clip_preprocess, backbone_id, clip_mod.ONNX_OUTPUT, runner=runner)
+    return OnnxEncoder(CLIP_NAME, runner.sessions[0], clip_mod.clip_preprocess, backbone_id, clip_mod.ONNX_OUTPUT,
+                       runner=runner.features, dim=clip_mod.CLIP_FEATURE_DIM)
 
 
 # --------------------------------------------------------------------------- torch

