@@ -103,6 +103,12 @@ def test_choose_threshold_criteria():
     best_margin = max(min(kc(c) - 0.5, ur(c) - 0.5) for c in grid)
     assert min(op.known_correct - 0.5, op.unknown_rejected - 0.5) == pytest.approx(best_margin)
     assert op.false_attribution_rate == pytest.approx(1 - op.unknown_rejected)
+    # Each target reachable alone, not both (70% correct needs a cut <= 0.35, which rejects at most
+    # half the unknowns): the cut closest to both, not the known target at the unknowns' expense
+    op = openset.choose_threshold(known, correct, unknown, target_known=0.7, target_unknown=0.9)
+    assert op.criterion.startswith("closest")
+    closest = max(min(kc(c) - 0.7, ur(c) - 0.9) for c in grid)
+    assert closest < 0 and min(op.known_correct - 0.7, op.unknown_rejected - 0.9) == pytest.approx(closest)
     # Known target only: the best sum among cuts keeping >= 60% correct; never above a sample
     op = openset.choose_threshold(known, correct, unknown, target_known=0.6)
     assert op.criterion.startswith("known") and op.known_correct >= 0.6

@@ -200,9 +200,12 @@ def choose_threshold(
     1. `both`: when a cut keeps >= `target_known` of the known paintings with their correct name
        *and* rejects >= `target_unknown` of the unknown ones, the cut with the largest margin over
        both targets (max of min(slack_known, slack_unknown)): the most robust to a new sample;
-    2. `known`: among cuts that meet `target_known`, the one maximising known-correct + unknown-
-       rejected (ties: the middle one), so no threshold is raised further than rejection repays;
-    3. `balanced`: when even the head's accuracy is under `target_known`, the same sum over all cuts.
+    2. `closest`: when each target can be met but not both at once, the cut with the smallest
+       shortfall (the same max of min(slack_known, slack_unknown)), so neither target is given up;
+    3. `known` (no `target_unknown`): among cuts that meet `target_known`, the one maximising
+       known-correct + unknown-rejected (ties: the middle one), so no threshold is raised further
+       than rejection repays;
+    4. `balanced`: when even the head's accuracy is under `target_known`, the same sum over all cuts.
     """
     known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
     correct = np.asarray(correct, dtype=bool)
@@ -213,14 +216,17 @@ def choose_threshold(
     cuts = np.r_[s[0] - 1e-3 * span, (s[1:] + s[:-1]) / 2, s[-1] + 1e-3 * span]
     kc, ur = _rates(cuts, known, correct, unknown)
     eps = 1e-9
-    if target_unknown is not None and len(unknown):
-        both = (kc >= target_known - eps) & (ur >= target_unknown - eps)
-        if both.any():
-            margin = np.where(both, np.minimum(kc - target_known, ur - target_unknown), -np.inf)
-            i = _middle(np.flatnonzero(margin >= margin.max() - eps))
-            return operating_point(float(cuts[i]), known, correct, unknown,
-                                   criterion=f"both: known_correct>={target_known:g}, unknown_rejected>={target_unknown:g}")
     feasible = kc >= target_known - eps
+    if target_unknown is not None and len(unknown):
+        margin = np.minimum(kc - target_known, ur - target_unknown)
+        both = feasible & (ur >= target_unknown - eps)
+        if both.any() or feasible.any():
+            # The largest min(slack) meets both targets whenever some cut does; when none does it is
+            # the cut closest to both (smallest shortfall), rather than one giving up the unknown target.
+            i = _middle(np.flatnonzero(margin >= margin.max() - eps))
+            crit = (f"both: known_correct>={target_known:g}, unknown_rejected>={target_unknown:g}" if both.any() else
+                    f"closest: no cut meets both targets, max min(known_correct-{target_known:g}, unknown_rejected-{target_unknown:g})")
+            return operating_point(float(cuts[i]), known, correct, unknown, criterion=crit)
     total = kc + ur
     if feasible.any():
         total = np.where(feasible, total, -np.inf)
@@ -286,6 +292,7 @@ def calibrate_scores(
         op = choose_threshold(sk[m], target_correct, su[m], target_known=target_known, target_unknown=target_unknown)
         if known_rate == "accepted":  # report the real correct-name share at that cut
             crit = op.criterion.replace("known_correct>=", "known_named>=").replace("max known_correct+", "max known_named+")
+            crit = crit.replace("min(known_correct-", "min(known_named-")
             op = operating_point(op.threshold, sk[m], correct, su[m], criterion=crit)
         results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
     if not results:
