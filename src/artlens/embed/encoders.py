@@ -177,6 +177,7 @@ def _clip_onnx_encoder() -> OnnxEncoder:
     fingerprint = {
         # The cached model's file name hashes the weights' source id and the build recipe.
         "model": clip_mod.clip_onnx_path().name,
+        # The file does not hold the normalisation done after it (`clip_features`): name it here.
         "features": f"embed+patch-means{list(clip_mod.CLIP_MID_LAYERS)}",
         "weights_id": spec.weights_id,
         "preprocess": SpecPreprocess.from_spec(spec).fingerprint(),

@@ -204,15 +204,12 @@ def _clip_encoder_class():
                 raise ValueError(f"mid layers {self.mid_layers} do not fit a {n}-block vision tower")
 
         def forward(self, x):
-            import torch
+            from artlens.models.clip import clip_features_torch
 
             out = self.vision_model(pixel_values=x, output_hidden_states=True)
             emb = self.visual_projection(out.pooler_output)
             # hidden_states[k + 1] is the residual stream after block k (0 is the embeddings)
-            mids = [out.hidden_states[k + 1][:, 1:].mean(dim=1) for k in self.mid_layers]
-            mids = [m - m.mean(dim=1, keepdim=True) for m in mids]
-            blocks = [torch.nn.functional.normalize(b, dim=1) for b in (emb, *mids)]
-            return torch.cat(blocks, dim=1) / len(blocks) ** 0.5
+            return clip_features_torch(emb, [out.hidden_states[k + 1][:, 1:].mean(dim=1) for k in self.mid_layers])
 
     return ClipImageEncoder
 

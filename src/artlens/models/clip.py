@@ -54,6 +54,7 @@ __all__ = [
     "clip_onnx_path",
     "clip_embed",
     "clip_features",
+    "clip_features_torch",
     "ClipOnnxRunner",
     "clip_torch_model",
     "clip_state_dict",
@@ -613,6 +614,16 @@ def clip_features(image_embeds: np.ndarray, patch_means: np.ndarray) -> np.ndarr
 
     blocks = [unit(emb)] + [unit(mids[:, j]) for j in range(mids.shape[1])]
     return (np.concatenate(blocks, axis=1) / np.sqrt(len(blocks))).astype(np.float32)
+
+
+def clip_features_torch(image_embeds, patch_means):
+    """`clip_features` in torch (differentiable: the fp32 backbone for Grad-CAM and fine-tuning):
+    `image_embeds` (N, 512) and a list of per-layer patch means (N, hidden) -> (N, 512 + len * hidden)."""
+    import torch
+
+    mids = [m - m.mean(dim=1, keepdim=True) for m in patch_means]
+    blocks = [torch.nn.functional.normalize(b, dim=1) for b in (image_embeds, *mids)]
+    return torch.cat(blocks, dim=1) / len(blocks) ** 0.5
 
 
 class ClipOnnxRunner:
