@@ -250,10 +250,14 @@ def test_export_formats_roundtrip(tmp_path):
 # --------------------------------------------------------------------------- interruption
 DRIVER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import numpy as np
     import pandas as pd
     from artlens.embed import Encoder, embed_manifest, l2_normalize
+
+    # Ctrl-C as in a terminal: a test run started in the background (`cmd &` in a script) hands its
+    # children SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     store, listing, log, block_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     W = np.random.default_rng(0).standard_normal((48, 8)).astype(np.float32)
