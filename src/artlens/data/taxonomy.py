@@ -113,7 +113,7 @@ def artist_slug(raw: Any) -> str | None:
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = text.encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    if not slug:
+    if not slug or slug in ("nan", "none", "na"):  # missing-value markers in any case (`NONE`, `NaN`)
         return None
     return artist_aliases().get(slug, slug)
 
