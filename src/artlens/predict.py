@@ -193,12 +193,12 @@ def _open_set_reject(model: ArtModel, task, features, logits, probs) -> np.ndarr
         c = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
         return (x @ c.T).max(axis=1) < thr
     if method == "background":
-        # A "someone else" logit trained beside the head on other artists' paintings: reject when
-        # the best known class's share of the softmax over [known logits, background] is low.
-        w = model.tensors[f"openset.{task.name}.background.weight"]
+        # "Someone else" logits trained beside the head on other artists' paintings: reject when
+        # the best known class's share of the softmax over [known logits, background logits] is low.
+        w = model.tensors[f"openset.{task.name}.background.weight"]  # (n background classes, dim)
         b = model.tensors[f"openset.{task.name}.background.bias"]
         z = np.concatenate([logits, model.normalise(features) @ w.T + b], axis=1)
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)
-        return (p[:, :-1].max(axis=1) / p.sum(axis=1)) < thr
+        return (p[:, : logits.shape[1]].max(axis=1) / p.sum(axis=1)) < thr
     raise ValueError(f"task {task.name!r}: unknown open-set method {method!r}")

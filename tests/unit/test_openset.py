@@ -16,6 +16,7 @@ from artlens.train.artist import (
     SPLIT_COL,
     add_artist_task,
     artist_from_filename,
+    background_classes,
     crossfit_folds,
     open_set_split,
     slug_to_name,
@@ -133,8 +134,9 @@ def test_auroc_orders_known_above_unknown():
     assert openset.auroc(np.array([0.1, 0.2]), np.array([0.9, 0.8])) == 0.0
 
 
+@pytest.mark.parametrize("n_background", [1, 3])
 @pytest.mark.parametrize("method", openset.METHODS)
-def test_rules_reject_exactly_what_predict_rejects(method):
+def test_rules_reject_exactly_what_predict_rejects(method, n_background):
     rng = np.random.default_rng(3)
     w = rng.normal(size=(4, 8)).astype(np.float32)
     cents = openset.l2n(rng.normal(size=(4, 8)))
@@ -143,8 +145,8 @@ def test_rules_reject_exactly_what_predict_rejects(method):
     model = ArtModel(cfg, {"heads.artist.0.weight": w, "heads.artist.0.bias": np.zeros(4, np.float32),
                            "openset.artist.centroids": cents, "norm.mean": rng.normal(size=8).astype(np.float32),
                            "norm.std": rng.uniform(0.5, 2, size=8).astype(np.float32),
-                           "openset.artist.background.weight": rng.normal(size=(1, 8)).astype(np.float32),
-                           "openset.artist.background.bias": np.array([0.3], np.float32)})
+                           "openset.artist.background.weight": rng.normal(size=(n_background, 8)).astype(np.float32),
+                           "openset.artist.background.bias": np.full(n_background, 0.3, np.float32)})
     X = rng.normal(size=(200, 8)).astype(np.float32)
     scores = openset.model_known_scores(model, "artist", X)[method]
     cut = float(np.median(scores))
@@ -217,7 +219,9 @@ def test_add_artist_task_keeps_logits_under_another_normalisation(trained):
 def test_background_logit_travels_with_the_rule(trained):
     """A background rule carries its logit (folded into the model's normalisation); others do not."""
     _, X, art = trained
-    assert art.background is not None and art.background[0].shape == (1, DIM)
+    # kept-out artists of 12 paintings: each one in the cross-fitting pool has a background class
+    n_pool = art.split.frame.loc[lambda f: (f[ROLE_COL] == "unknown") & (f[FOLD_COL] >= 0), "artist_label"].nunique()
+    assert art.background is not None and art.background[0].shape == (n_pool, DIM) and n_pool >= 2
     old = art.task.unknown
     try:
         art.task.unknown = openset.make_rule("background", 0.5)
@@ -233,6 +237,19 @@ def test_background_logit_travels_with_the_rule(trained):
         assert not any(k.startswith("openset.") for k in art.to_model().tensors)
     finally:
         art.task.unknown = old
+
+
+def test_background_classes_give_well_represented_artists_their_own():
+    artists = np.array(["b", "a", "b", "c", "a", "b", "x", "d"], dtype=object)
+    rows = np.array([True, True, True, True, True, True, False, True])
+    # b: 3 paintings, a: 2, c and d: 1 -> a and b (sorted) get 0 and 1, c and d share 2; x is not a row
+    np.testing.assert_array_equal(background_classes(artists, rows, 2), [1, 0, 1, 2, 0, 1, -1, 2])
+    np.testing.assert_array_equal(background_classes(artists, rows, None), [0, 0, 0, 0, 0, 0, -1, 0])
+    np.testing.assert_array_equal(background_classes(artists, rows, 9), [0, 0, 0, 0, 0, 0, -1, 0])
+    assert (background_classes(artists, np.zeros(8, bool), 2) == -1).all()
+    # the rest by group (missing values are a group of their own)
+    style = np.array(["Cubism", "x", "x", None, "x", "x", "x", "Cubism"], dtype=object)
+    np.testing.assert_array_equal(background_classes(artists, rows, 2, style), [1, 0, 1, 3, 0, 1, -1, 2])
 
 
 def test_without_background_the_method_is_not_offered():
@@ -384,12 +401,14 @@ def _lookalikes(n_known=6, n_unknown=24, per_known=50, per_unknown=10, spread=1.
 def test_background_rule_is_chosen_when_unknown_artists_look_like_known_ones():
     """The shipped rule on WikiArt: a background logit trained on other kept-out artists separates
     look-alike unknown artists better than confidence or centroid distance, and its threshold, chosen
-    out of fold, holds on artists never seen (>= 80% rejected, >= 80% keep their correct name)."""
+    out of fold, holds on artists never seen (>= 80% rejected, >= 80% keep their correct name).
+    One background class: here what the unknown artists share is one direction, which one logit
+    learns; a logit per kept-out artist (the default, better on WikiArt) learns each artist's own."""
     import torch
 
     torch.set_num_threads(1)
     df, X = _lookalikes(seed=0)
-    art = train_artist_task(df, X, min_per_class=40, threads=1,
+    art = train_artist_task(df, X, min_per_class=40, threads=1, background_min_paintings=0,
                             candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
     val, test = art.metrics["open_set_validation"], art.metrics["open_set_test"]
     assert art.task.unknown["method"] == val["method"] == "background"
@@ -413,3 +432,12 @@ def test_crossfit_copes_with_artists_smaller_than_the_folds():
     assert art.metrics["split"]["known_artists"] == 4 and art.metrics["closed_set_val"]["n"] == 4
     assert np.isfinite(art.calibration_scores["known"]["centroid"]).all()
     assert art.task.unknown["label"] == "unknown artist"
+
+
+def test_cli_background_default_is_the_library_one():
+    import inspect
+
+    from artlens.cli.artist import train_artist
+    from artlens.train.artist import BACKGROUND_MIN_PAINTINGS
+
+    assert inspect.signature(train_artist).parameters["background_min_paintings"].default == BACKGROUND_MIN_PAINTINGS

@@ -47,8 +47,9 @@ def train_artist(
     column: Annotated[str, typer.Option("--column", help="Manifest column with the artist (file names are used when it is empty).")] = "artist",
     target_known: Annotated[float, typer.Option("--target-known", min=0.0, max=1.0, help="Share of known artists' paintings that must keep a name (see --known-rate) on validation.")] = 0.8,
     target_unknown: Annotated[float, typer.Option("--target-unknown", min=0.0, max=1.0, help="Share of unknown artists' paintings to call 'unknown artist' (validation).")] = 0.8,
-    known_rate: Annotated[str, typer.Option("--known-rate", help="What --target-known counts: 'accepted' (known paintings the rule leaves a name) or 'correct' (keeping their correct name).")] = "accepted",
-    background: Annotated[bool, typer.Option("--background/--no-background", help="Train a 'someone else' logit on part of the kept-out artists (usually the best open-set score).")] = True,
+    known_rate: Annotated[str, typer.Option("--known-rate", help="What --target-known counts: 'correct' (known paintings keeping their correct name) or 'accepted' (known paintings the rule leaves a name, right or wrong).")] = "correct",
+    background: Annotated[bool, typer.Option("--background/--no-background", help="Train 'someone else' logits on part of the kept-out artists (usually the best open-set score).")] = True,
+    background_min_paintings: Annotated[int, typer.Option("--background-min-paintings", min=0, help="A kept-out artist with this many paintings gets a 'someone else' logit of its own (crossfit); the rest share one. 0: one for all.")] = 5,  # artlens.train.artist.BACKGROUND_MIN_PAINTINGS (the CLI starts without numpy)
     validation: Annotated[str, typer.Option("--validation", help="Where the weight decay, temperature and open-set threshold are chosen: 'crossfit' (out-of-fold scores over the train+val paintings, kept-out artists whole to a fold; the head then trains on all of them) or 'holdout' (train on train, choose on val).")] = "crossfit",
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5, help="Held out for the test numbers: this share of the known artists' paintings and of the kept-out artists' (0 for a final model).")] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -71,6 +72,7 @@ def train_artist(
             df, backbone, store_root=store, progress=err.is_terminal, column=column, min_per_class=min_per_class,
             fractions=(1.0 - 0.2 - test_fraction, 0.2, test_fraction), target_known=target_known,
             target_unknown=target_unknown, known_rate=known_rate, background=background, seed=seed, validation=validation,
+            background_min_paintings=background_min_paintings,
             unknown_fractions=_unknown_fractions(test_fraction),
         )
         for path, reason in errors.itertuples(index=False):

@@ -11,12 +11,13 @@ applies, in the form stored in `TaskConfig.unknown`:
 | `max_prob` | top softmax probability (temperature applied) | prob < threshold           |
 | `energy`   | T * logsumexp(z / T) of the raw logits        | energy (= -score) > threshold |
 | `centroid` | max cosine to the classes' embedding centroids | cosine < threshold        |
-| `background` | best known class's share of softmax([logits, background logit]) | share < threshold |
+| `background` | best known class's share of softmax([logits, background logits]) | share < threshold |
 
 The centroid rule needs its centroids in the model as the tensor `openset.<task>.centroids`; the
-background rule a linear "someone else" logit trained beside the head on paintings by other
-artists (outlier exposure, Hendrycks et al. 2019), as `openset.<task>.background.weight` (1, dim)
-and `.bias` (1,) over the model's standardised features.
+background rule linear "someone else" logits trained beside the head on paintings by other
+artists (outlier exposure, Hendrycks et al. 2019), as `openset.<task>.background.weight` (n, dim)
+and `.bias` (n,) over the model's standardised features: one row per background class (the
+artist task gives each kept-out artist with enough paintings a class of its own, the rest share one).
 Thresholds are chosen on validation data that holds out whole classes (unknown artists).
 """
 
@@ -78,10 +79,12 @@ def known_scores(
     if method == "background":
         if background_logit is None:
             raise ValueError("the background method needs the background logit")
-        z = np.concatenate([np.asarray(logits, np.float64), np.asarray(background_logit, np.float64).reshape(-1, 1)], axis=1)
+        zk = np.asarray(logits, np.float64)
+        # (N,) for one background class, (N, n) for several
+        z = np.concatenate([zk, np.asarray(background_logit, np.float64).reshape(len(zk), -1)], axis=1)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
-        return p[:, :-1].max(axis=1) / p.sum(axis=1)
+        return p[:, : zk.shape[1]].max(axis=1) / p.sum(axis=1)
     raise ValueError(f"unknown open-set method {method!r} (choose from {', '.join(METHODS)})")
 
 
@@ -95,7 +98,7 @@ def model_known_scores(model, task: str, features: np.ndarray, centroids: np.nda
     bg = None
     if f"openset.{task}.background.weight" in model.tensors:
         w, b = model.tensors[f"openset.{task}.background.weight"], model.tensors[f"openset.{task}.background.bias"]
-        bg = (model.normalise(features) @ w.T + b)[:, 0]
+        bg = model.normalise(features) @ w.T + b  # (N, n background classes)
     out = {}
     for m in METHODS:
         if (m == "centroid" and centroids is None) or (m == "background" and bg is None):
