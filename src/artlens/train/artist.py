@@ -16,7 +16,8 @@ manifest)` to add it to a model):
    artists whole to a fold); the weight decay (when several are given), the temperature, the
    open-set method (max probability, energy, centroid distance, background logits) and its
    threshold are chosen on the out-of-fold scores (`artlens.train.openset.calibrate_scores`), then
-   the head is trained on the whole pool. `validation="holdout"` trains on `train` with the probe trainer and chooses on `val`;
+   the head is trained on the whole pool. `validation="holdout"` trains on `train` with the probe
+   trainer and chooses on `val`;
 5. the test numbers: closed-set accuracy / macro-F1 / top-5 beside a nearest-centroid baseline, open-
    set AUROC, false attribution rate, unknown paintings called `unknown artist`, known paintings
    keeping their correct name (through `Predictor`, exactly as users see it).
@@ -527,8 +528,9 @@ def train_artist_task(
     False (or the vector is not finite) are left out. With `background`, the head is trained with
     "someone else" classes on paintings of kept-out artists (outlier exposure): with cross-fitting,
     one per kept-out artist with >= `background_min_paintings` paintings and one per style for the
-    rest (one in all without a `style` column; `background_classes`); with `holdout`, one. Those logits are kept apart from the head's labels
-    as the `background` open-set method's data, so the head still names only known artists.
+    rest (one in all without a `style` column; `background_classes`); with `holdout`, one. Those
+    logits are kept apart from the head's labels as the `background` open-set method's data, so
+    the head still names only known artists.
 
     `validation` says where the choices (weight decay, temperature, open-set method and threshold)
     are made:
@@ -553,8 +555,8 @@ def train_artist_task(
     threshold meets both targets the one closest to both is taken (`openset.choose_threshold`).
     On WikiArt (benchmarks/artist.py, 5 seeds, 2026-11-21) `correct` gave 80.2% of unknown-artist
     paintings rejected / 82.0% of known ones keeping their correct name, `accepted` 84.8% / 79.7%.
-    Returns an `ArtistTask` whose `metrics` hold the split counts, the
-    kept-out artists, the validation comparison of the methods and the test numbers.
+    Returns an `ArtistTask` whose `metrics` hold the split counts, the kept-out artists, the
+    validation comparison of the methods and the test numbers.
     """
     if validation not in VALIDATION:
         raise ValueError(f"validation must be one of {', '.join(VALIDATION)}, not {validation!r}")
@@ -582,8 +584,7 @@ def train_artist_task(
     if validation == "crossfit":
         art, cal_known, cal_unknown, extra = _train_crossfit(
             f, X, y, K, labels, column, background=background, background_min_paintings=background_min_paintings,
-            n_folds=n_folds, candidates=candidates,
-            threads=threads, seed=seed, progress=progress, cfg=cfg)
+            n_folds=n_folds, candidates=candidates, threads=threads, seed=seed, progress=progress, cfg=cfg)
     else:
         art, cal_known, cal_unknown, extra = _train_holdout(
             f, X, y, K, labels, column, background=background, candidates=candidates, threads=threads, seed=seed,
