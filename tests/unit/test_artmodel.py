@@ -91,3 +91,24 @@ def test_refuses_unknown_tensor_and_format(tmp_path):
     cfg["format"] = "something-else"
     with pytest.raises(ModelFormatError, match="format"):
         ArtModel(cfg, {k: v for k, v in m.tensors.items() if k != "evil.tensor"})
+
+
+def test_background_logits_are_stored_at_half_precision(tmp_path):
+    """Only the open-set background weights go to disk as float16 (the shipped model stays small);
+    they load back as float32, every other tensor bit for bit."""
+    from safetensors.numpy import load_file
+
+    m = _model()
+    rng = np.random.default_rng(0)
+    bg = rng.normal(size=(40, 8)).astype(np.float32)
+    m.tensors["openset.style.background.weight"] = bg
+    m.tensors["openset.style.background.bias"] = rng.normal(size=40).astype(np.float32)
+    ArtModel.save(m, tmp_path / "m")
+    on_disk = load_file(tmp_path / "m" / "model.safetensors")
+    assert {k for k, v in on_disk.items() if v.dtype == np.float16} == {"openset.style.background.weight"}
+    back = ArtModel.load(tmp_path / "m")
+    assert back.tensors["openset.style.background.weight"].dtype == np.float32
+    np.testing.assert_allclose(back.tensors["openset.style.background.weight"], bg, rtol=1e-3)
+    for k, v in m.tensors.items():
+        if k != "openset.style.background.weight":
+            np.testing.assert_array_equal(back.tensors[k], v)
