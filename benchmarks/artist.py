@@ -124,7 +124,8 @@ def run(df, vectors, ok, args, seed: int) -> dict:
     t0 = time.perf_counter()
     art = train_artist_task(df, vectors, ok, min_per_class=args.min_per_class, seed=seed, validation=args.validation,
                             target_known=args.target_known, target_unknown=args.target_unknown, known_rate=args.known_rate,
-                            backbone={"name": BACKBONE}, **_bg(args), threads=args.threads)
+                            backbone={"name": BACKBONE}, background_min_paintings=args.background_min_paintings,
+                            threads=args.threads)
     m = dict(art.metrics)
     m["train_seconds"] = round(time.perf_counter() - t0, 1)
     f = art.split.frame
@@ -150,10 +151,6 @@ def run(df, vectors, ok, args, seed: int) -> dict:
                           "test": evaluate_rule(scoring, TASK, alt_rule, X[te], y[te], X[ut])}
     m["temperature"] = art.task.temperature
     return m
-
-
-def _bg(args) -> dict:
-    return {} if args.background_min_paintings is None else {"background_min_paintings": args.background_min_paintings}
 
 
 def other(known_rate: str) -> str:
@@ -279,8 +276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--known-rate", choices=("correct", "accepted"), default="correct",
                     help="What --target-known counts on validation: known paintings keeping their correct name (as "
                          "shipped), or a name.")
-    ap.add_argument("--background-min-paintings", type=int, default=None,
-                    help="Own background class from this many paintings (default: the library's; 0: one class).")
+    from artlens.train.artist import BACKGROUND_MIN_PAINTINGS
+
+    ap.add_argument("--background-min-paintings", type=int, default=BACKGROUND_MIN_PAINTINGS,
+                    help="A kept-out artist with this many paintings gets a background class of its own (0: one class).")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="Write every number to this file.")
