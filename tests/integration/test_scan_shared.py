@@ -82,3 +82,27 @@ def test_louvre_genre_levels(shared_datasets):
     assert adapter.name == "folder" and len(records) == 1150
     assert set(records["genre"]) == {"genre_painting", "landscape", "still_life", "portrait"}
     assert set(records["split"]) == {"train", "val"}
+
+
+FAMILIES = {"flux", "dalle", "sd1", "ldm", "dalle-mini", "sdxl", "glide", "disco", "sd2", "unknown"}
+
+
+@pytest.mark.parametrize("folder, count", [("ai-generators", 5258), ("human-sketches", 185), ("human-photos", 1151)])
+def test_metadata_csv_sets_full_scan(shared_datasets, folder, count):
+    res = scan(shared_datasets / folder, workers=2)
+    m = res.manifest
+    assert res.layout == "metadata_csv" and len(m) == count and res.errors.empty
+    assert m["path"].str.startswith(str(shared_datasets / folder)).all()
+    if folder == "ai-generators":
+        assert (m["origin"] == "ai").all() and set(m["family"]) == FAMILIES
+        assert m["generator"].notna().all() and m["provenance"].notna().all()
+        assert m["artist"].notna().sum() > 2000 and "Aaron Horkey" in set(m["artist"])
+    else:
+        assert (m["origin"] == "human").all() and m["kind"].notna().all() and "family" not in m.columns
+        kinds = {"human-sketches": {"pencil sketch"}, "human-photos": {"photograph, landscape", "photograph, pedestrian"}}
+        assert set(m["kind"]) == kinds[folder]
+
+
+def test_ai_sd_artists_family_matches_ai_generators(shared_datasets):
+    records, adapter = read_source(shared_datasets / "ai-sd-artists")
+    assert adapter.name == "ai_sd_artists" and (records["family"] == "sd1").all()

@@ -29,6 +29,7 @@ def by_name(df: pd.DataFrame) -> pd.DataFrame:
 def test_registry_lists_every_layout():
     assert set(list_sources()) >= {
         "folder", "aiartbench", "wikiart_csv", "best_artworks", "painting91", "painter_by_numbers", "csv", "ai_sd_artists",
+        "metadata_csv",
     }
     with pytest.raises(SourceError, match="unknown layout"):
         get_source("nope")
@@ -346,6 +347,101 @@ def test_ai_sd_artists(tmp_path):
     assert m.loc["Hokusai_2.jpg", ["artist", "style", "generator"]].tolist() == ["Katsushika Hokusai", "Ukiyo_e", "stable-diffusion-1.5"]
     assert pd.isna(m.loc["Aaron-Jasinski_0.jpg", "style"])
     assert m.loc["Aaron-Jasinski_0.jpg", "tags"] == "Illustration, Children's Book"
+    assert (m["family"] == "sd1").all()  # the family name ai-generators uses for SD 1.x
+
+
+def test_ai_sd_artists_base_family():
+    from artlens.data.sources.ai_sd_artists import base_family
+
+    assert base_family("stable-diffusion-1.5") == base_family("SD 1.4") == "sd1"
+    assert base_family("stable-diffusion-2.1") == "sd2"
+    assert base_family("stable-diffusion-xl-base-1.0") == base_family("sdxl") == "sdxl"
+    assert base_family("flux1-dev") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata.csv with file + origin (ai-generators, human-sketches, human-photos)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_metadata_set(root, header, rows, images=None):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "metadata.csv").write_text(header + "\n" + "".join(r + "\n" for r in rows))
+    for i, rel in enumerate(images if images is not None else [r.split(",", 1)[0] for r in rows]):
+        make_image(root / rel, seed=i)
+    return root
+
+
+def test_metadata_csv_ai_generators(tmp_path):
+    root = make_metadata_set(tmp_path / "gens", "file,origin,generator,family,artist,prompt,source", [
+        "images/flux1-dev/aaron-horkey_0.jpg,ai,flux1-dev,flux,Aaron Horkey,style of Aaron Horkey,andygock/FLUX-Style-CheatSheet",
+        'images/flux1-dev/monet_0.jpg,ai,flux1-dev,flux,"Monet, Claude",style of Claude Monet,andygock/FLUX-Style-CheatSheet',
+        'images/dalle-2/cat.jpg,ai,dalle-2,dalle,,"a cat, oil painting",eudoxia0/eudoxia0.github.io',
+    ])
+    frame, adapter = read_source(root)
+    assert adapter.name == "metadata_csv"
+    assert frame["path"].map(os.path.isabs).all() and frame["path"].map(os.path.isfile).all()
+    res = scan(root, workers=1)
+    assert res.errors.empty and res.layout == "metadata_csv"
+    m = by_name(res.manifest)
+    assert (m["origin"] == "ai").all() and (m["source"] == "metadata_csv").all()
+    assert m.loc["aaron-horkey_0.jpg", ["generator", "family", "artist", "prompt", "provenance"]].tolist() == [
+        "flux1-dev", "flux", "Aaron Horkey", "style of Aaron Horkey", "andygock/FLUX-Style-CheatSheet"]
+    assert m.loc["monet_0.jpg", "artist"] == "Claude Monet"  # the common display-name scheme
+    assert pd.isna(m.loc["cat.jpg", "artist"]) and m.loc["cat.jpg", "prompt"] == "a cat, oil painting"
+    assert res.summary()["labels"]["family"] == {"flux": {"none": 2, "total": 2}, "dalle": {"none": 1, "total": 1}}
+
+
+def test_metadata_csv_human_kinds_with_duplicates(tmp_path):
+    # two identical photos: the duplicates table must not trip over the manifest's `kind` column
+    root = make_metadata_set(tmp_path / "photos", "file,origin,kind,source", [
+        "images/a.jpg,human,pencil sketch,PKU",
+        'images/b.jpg,Real,"photograph, landscape",CycleGAN',
+        'images/c.jpg,human,"photograph, landscape",CycleGAN',
+    ], images=["images/a.jpg", "images/b.jpg"])
+    make_image(root / "images" / "c.jpg", seed=1)  # same pixels as b.jpg
+    res = scan(root, workers=1)
+    m = by_name(res.manifest)
+    assert (m["origin"] == "human").all()
+    assert m.loc["a.jpg", "kind"] == "pencil sketch" and m.loc["b.jpg", "kind"] == "photograph, landscape"
+    assert "family" not in m.columns and m.loc["b.jpg", "provenance"] == "CycleGAN"
+    assert set(res.duplicates["path"].map(os.path.basename)) == {"b.jpg", "c.jpg"}
+    assert res.duplicates["kind"].tolist() == ["exact", "exact"]
+
+
+def test_metadata_csv_bad_origin_and_missing_file(tmp_path):
+    root = make_metadata_set(tmp_path / "set", "file,origin,kind", [
+        "images/ok.jpg,human,photograph",
+        "images/robot.jpg,robot,photograph",
+        "images/blank.jpg,,photograph",
+        "images/gone.jpg,ai,",
+    ], images=["images/ok.jpg", "images/robot.jpg", "images/blank.jpg"])
+    res = scan(root, workers=1)  # no exception: bad rows are reported, the rest is read
+    assert list(res.manifest["path"].map(os.path.basename)) == ["ok.jpg"]
+    reasons = dict(zip(res.errors["path"].map(os.path.basename), res.errors["reason"]))
+    assert reasons["robot.jpg"] == "metadata.csv line 3: origin 'robot' is not human or ai (row left out)"
+    assert reasons["blank.jpg"] == "metadata.csv line 4: origin empty is not human or ai (row left out)"
+    assert reasons["gone.jpg"] == "file not found"  # as for the other metadata readers
+    assert len(reasons) == 3
+
+
+def test_metadata_csv_notes_unlisted_images(tmp_path):
+    root = make_metadata_set(tmp_path / "set", "file,origin", ["a.jpg,ai"])
+    make_image(root / "extra" / "b.jpg", seed=5)
+    frame, _ = read_source(root)
+    assert len(frame) == 1 and "1 images under" in frame.attrs["notes"][0]
+
+
+def test_metadata_csv_does_not_take_other_metadata_folders(tmp_path):
+    # ai-sd-artists' metadata.csv has no origin column: its own reader keeps it
+    sd = make_metadata_set(tmp_path / "sd", "file,artist,checkpoint", ["images/x.jpg,\"Monet, Claude\",Deliberate 2.0"])
+    assert detect_source(sd).name == "ai_sd_artists"
+    # a metadata.csv with neither reader's columns: the generic folder layout
+    other = make_metadata_set(tmp_path / "other", "file,label", ["A/x.jpg,a"])
+    assert detect_source(other).name == "folder"
+    # the metadata_csv layout asked for on a folder without an origin column
+    with pytest.raises(SourceError, match="origin"):
+        read_source(other, "metadata_csv")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -357,13 +357,14 @@ def find_duplicates(
             conflict_cols[part.index] = ",".join(cols)
         kind[part.index] = "exact" if part["sha256"].nunique() == 1 else "near"
     out["conflict"] = conflict.astype(bool)
-    table = out[in_group].copy()
-    table.insert(0, "group", table.pop("dup_group").astype("int64"))
+    # only the table's own columns: a manifest extra named like one of them (e.g. a human
+    # dataset's ``kind``) must not collide with the table's
+    table = out.loc[in_group, [c for c in ("path", "sha256", "phash", *label_cols, "conflict") if c in out.columns]].copy()
+    table.insert(0, "group", out.loc[in_group, "dup_group"].astype("int64"))
     table.insert(1, "kind", kind[in_group])
     table.insert(2, "size", sizes[in_group])
     table["conflict_columns"] = conflict_cols[in_group]
-    keep = ["group", "kind", "size", "path", "sha256", "phash", *label_cols, "conflict", "conflict_columns"]
-    table = table[[c for c in keep if c in table.columns]].sort_values(["group", "path"]).reset_index(drop=True)
+    table = table.sort_values(["group", "path"]).reset_index(drop=True)
     return out, table
 
 
@@ -553,7 +554,7 @@ def summarize(
     notes: Sequence[str] = (),
 ) -> dict:
     """Counts for reports and ``--json``: images, labels per split, duplicates, unreadable files."""
-    extra_labels = [c for c in ("movement", "aiartbench_style", "joint") if c in manifest.columns]
+    extra_labels = [c for c in ("movement", "aiartbench_style", "joint", "family", "kind") if c in manifest.columns]
     splits = manifest["split"].fillna("none").value_counts().to_dict() if "split" in manifest.columns else {}
     out: dict[str, Any] = {
         "root": root,

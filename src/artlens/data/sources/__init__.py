@@ -267,6 +267,7 @@ from artlens.data.sources import (  # noqa: E402,F401
     aiartbench,
     best_artworks,
     folder,
+    metadata_csv,
     painter_by_numbers,
     painting91,
     plain_csv,

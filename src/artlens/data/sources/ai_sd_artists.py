@@ -2,10 +2,11 @@
 
 ``metadata.csv`` columns: file, artist (``Jasinski, Aaron``), born, died, tags, checkpoint
 (``Deliberate 2.0``), prompt, tile. Every row is ``origin=ai``; ``generator`` is the base model
-and the checkpoint slug (``stable-diffusion-1.5/deliberate-2.0``); ``artist`` is the imitated
-artist (turned into the common display-name scheme by the scan). With ``artist_styles`` (the
-ArtGAN labels folder) each image also gets the most common WikiArt style of its artist, the way
-AI-ArtBench labels its AI images.
+and the checkpoint slug (``stable-diffusion-1.5/deliberate-2.0``); ``family`` the base model's
+family (``sd1``, as in ``ai-generators``, so one family head spans both sets); ``artist`` is the
+imitated artist (turned into the common display-name scheme by the scan). With ``artist_styles``
+(the ArtGAN labels folder) each image also gets the most common WikiArt style of its artist, the
+way AI-ArtBench labels its AI images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ BASE_MODEL = "stable-diffusion-1.5"
 def generator_name(checkpoint: str | None, base: str = BASE_MODEL) -> str:
     slug = re.sub(r"[^a-z0-9.]+", "-", str(checkpoint or "").strip().lower()).strip("-.")
     return f"{base}/{slug}" if slug else base
+
+
+def base_family(base: str) -> str | None:
+    """Generator family of a Stable Diffusion base: ...-1.5 -> sd1, ...-2.1 -> sd2, SDXL -> sdxl; else None."""
+    b = str(base).strip().lower()
+    if re.search(r"(?:^|[^a-z])(?:sd|stable-?diffusion)[-_ ]?xl", b):
+        return "sdxl"
+    m = re.search(r"(?:^|[^a-z])(?:sd|stable-?diffusion)[-_ ]?v?(\d)", b)
+    return f"sd{m.group(1)}" if m else None
 
 
 def _metadata(root: Path) -> Path | None:
@@ -69,6 +79,7 @@ def read_ai_sd_artists(root: Path, base: str = BASE_MODEL, artist_styles: str | 
         styles = artist_styles_from_artgan(artist_styles)
     from artlens.data.taxonomy import artist_display_name
 
+    family = base_family(base)
     rows = []
     for rec in table.to_dict("records"):
         file = rec.get("file")
@@ -80,6 +91,7 @@ def read_ai_sd_artists(root: Path, base: str = BASE_MODEL, artist_styles: str | 
             "artist": artist,
             "origin": "ai",
             "generator": generator_name(rec.get("checkpoint") if isinstance(rec.get("checkpoint"), str) else None, base),
+            "family": family,
         }
         if styles:
             row["style"] = styles.get(artist_display_name(artist))
