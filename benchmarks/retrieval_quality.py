@@ -7,7 +7,7 @@ query latency of an exact index over 10k vectors (the set tiled when smaller), a
 embed one query image.
 
     .venv/bin/python benchmarks/retrieval_quality.py                 # 100 images per style
-    .venv/bin/python benchmarks/retrieval_quality.py --full          # all 6,267
+    .venv/bin/python benchmarks/retrieval_quality.py --full          # all 7,809
     .venv/bin/python benchmarks/retrieval_quality.py --backbones clip-vit-b16 --json out.json
 
 Numbers taken on a shared machine are disturbed by other work; the quality numbers are not.
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="wikiart-styles folder (<Style>/<image>)")
     ap.add_argument("--backbones", default=",".join(BACKBONES), help="comma separated")
     ap.add_argument("--per-class", type=int, default=100, help="images per style (default 100)")
-    ap.add_argument("--full", action="store_true", help="every image (6,267), not a subset")
+    ap.add_argument("--full", action="store_true", help="every image (7,809), not a subset")
     ap.add_argument("--store", type=Path, default=None, help="embedding store root (default: the shared cache)")
     ap.add_argument("--latency-n", type=int, default=10_000, help="index size for the latency test")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")

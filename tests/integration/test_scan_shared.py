@@ -1,6 +1,6 @@
 """The dataset layer on the real data in ../shared/datasets.
 
-Only `test_wikiart_styles_full_scan` decodes a whole folder (6,267 images, ~20 s on 2 cores);
+Only `test_wikiart_styles_full_scan` decodes a whole folder (7,809 images, ~25 s on 2 cores);
 the others read the layouts without decoding or scan a handful of files.
 """
 
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.integration
 def test_wikiart_styles_full_scan(shared_datasets):
     res = scan(shared_datasets / "wikiart-styles", name_pattern="wikiart", workers=2)
     m = res.manifest
-    assert len(m) == 6267 and res.errors.empty
+    assert len(m) == 7809 and res.errors.empty
     assert m["style"].nunique() == 11
     assert m["artist"].notna().all() and m["artist"].nunique() == 626
     counts = m["artist"].value_counts()
-    assert counts["Marc Chagall"] == 177 and counts["Utagawa Kuniyoshi"] == 168 and counts["Katsushika Hokusai"] == 130
+    assert counts["Marc Chagall"] == 257 and counts["Utagawa Kuniyoshi"] == 248 and counts["Katsushika Hokusai"] == 202
     dup = res.duplicates
     assert dup["group"].nunique() >= 20
     conflicts = dup[dup["conflict"]]
@@ -65,7 +65,7 @@ def test_wikiart_styles_with_artgan_csvs(shared_datasets):
     records, _ = read_source(
         shared_datasets / "wikiart-styles", "wikiart_csv", labels=str(shared_datasets / "artgan-labels")
     )
-    assert len(records) == 6267
+    assert len(records) == 7809
     assert records["genre"].notna().sum() > 1000  # genre labels joined by path
     assert set(records["split"].dropna()) == {"train", "val"}
     # ArtGAN's artist classes and the file-name slugs name the same people
