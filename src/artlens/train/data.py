@@ -62,6 +62,17 @@ def _folder_signature(root: Path) -> str:
     return h.hexdigest()[:24]
 
 
+def _reader_signature() -> str:
+    """The readers' own code: a cached manifest made by an older reader (without a column a new
+    reader adds, say) is not reused."""
+    from artlens.data import manifest, sources
+
+    h = hashlib.sha256()
+    for f in sorted(Path(sources.__file__).parent.glob("*.py")) + [Path(manifest.__file__)]:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def read_source(path: str, layout: str | None = None, options: dict | None = None, *, use_cache: bool = True,
                 progress: bool = True):
     """(manifest, errors) for one source path."""
@@ -82,7 +93,7 @@ def read_source(path: str, layout: str | None = None, options: dict | None = Non
     if use_cache and p.is_dir():
         from artlens.paths import cache_dir
 
-        key = hashlib.sha256(json.dumps([str(p.resolve()), layout, options or {}, _folder_signature(p)], sort_keys=True).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([str(p.resolve()), layout, options or {}, _folder_signature(p), _reader_signature()], sort_keys=True).encode()).hexdigest()[:20]
         cache = cache_dir() / "manifests" / f"{p.name}-{key}.parquet"
         if cache.is_file():
             try:
