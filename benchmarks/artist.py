@@ -95,9 +95,9 @@ def store_vectors(df, store_root: Path | None, backbone_id: str | None):
 
 def attribution_accuracy(Xg, yg, Xq, yq, n_classes: int) -> dict:
     """Top-1 / top-3 accuracy of the nearest artist by similarity, for each scoring method."""
-    from artlens.train.openset import l2n
+    from artlens.metrics import l2_normalize, top_k_accuracy
 
-    G, Q = l2n(Xg), l2n(Xq)
+    G, Q = l2_normalize(Xg), l2_normalize(Xq)
     sims = Q @ G.T
     out = {}
     for method in ("max", "topk", "centroid"):
@@ -109,12 +109,8 @@ def attribution_accuracy(Xg, yg, Xq, yq, n_classes: int) -> dict:
             elif method == "topk":
                 scores[:, c] = -np.sort(-s, axis=1)[:, :3].mean(axis=1)
             else:
-                scores[:, c] = Q @ l2n(G[yg == c].mean(axis=0, keepdims=True))[0]
-        order = np.argsort(-scores, axis=1)
-        out[method] = {
-            "top1": round(float((order[:, 0] == yq).mean()), 4),
-            "top3": round(float((order[:, :3] == yq[:, None]).any(axis=1).mean()), 4),
-        }
+                scores[:, c] = Q @ l2_normalize(G[yg == c].mean(axis=0, keepdims=True))[0]
+        out[method] = {"top1": round(top_k_accuracy(yq, scores, 1), 4), "top3": round(top_k_accuracy(yq, scores, 3), 4)}
     return out
 
 

@@ -1,7 +1,7 @@
 """Classification metrics for one task, from integer true labels and predicted probabilities.
 
-Everything comes from scikit-learn (and torchmetrics for calibration); this module only decides which
-numbers a report carries and keeps them JSON-ready.
+The numbers come from `artlens.metrics` (shared with training, so `artlens train` and `artlens
+evaluate` agree); this module only decides which numbers a report carries and keeps them JSON-ready.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from artlens.evaluate.calibration import DEFAULT_BINS, expected_calibration_error, reliability_bins
+from artlens import metrics as M
 
 TOP_K = (1, 3, 5)
 
@@ -27,23 +27,16 @@ def task_metrics(
     labels: Sequence[str],
     *,
     threshold: float = 0.0,
-    n_bins: int = DEFAULT_BINS,
+    n_bins: int = M.DEFAULT_BINS,
 ) -> dict:
     """Metrics of one task. `y_true[i]` indexes `labels`; `proba` is `(N, len(labels))`.
 
     Macro and weighted averages run over the classes that occur in the truth or the predictions
-    (scikit-learn's default), so a class absent from a small test set does not count as F1 = 0.
+    (the rule of `artlens.metrics`), so a class absent from a small test set does not count as F1 = 0.
     `threshold` is the task's "unsure" threshold: `coverage` is the share of answers at or above it
     and `selective_accuracy` their accuracy.
     """
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        log_loss,
-        precision_recall_fscore_support,
-        roc_auc_score,
-        top_k_accuracy_score,
-    )
+    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
@@ -55,39 +48,33 @@ def task_metrics(
     pred = proba.argmax(axis=1)
     conf = proba.max(axis=1)
     correct = pred == y
-    present = np.union1d(y, pred)
-    all_idx = np.arange(n_classes)
 
     out: dict = {"n": int(len(y)), "n_classes": n_classes, "n_classes_present": int(len(np.unique(y)))}
-    with warnings.catch_warnings():
-        # Classes predicted but absent from the truth are normal on small sets; sklearn warns about them.
-        warnings.simplefilter("ignore", UserWarning)
-        out["accuracy"] = _f(accuracy_score(y, pred))
-        out["balanced_accuracy"] = _f(balanced_accuracy_score(y, pred))
-        for avg in ("macro", "weighted"):
-            p, r, f1, _ = precision_recall_fscore_support(y, pred, labels=present, average=avg, zero_division=0)
-            out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = _f(p), _f(r), _f(f1)
-        out["top_k_accuracy"] = {
-            str(k): _f(top_k_accuracy_score(y, proba, k=k, labels=all_idx)) if k > 1 else out["accuracy"]
-            for k in TOP_K
-            if k == 1 or k < n_classes  # top-k over all classes is always 1: not worth a number
-        }
-        clipped = np.clip(proba, 1e-12, 1.0)
-        out["log_loss"] = _f(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=all_idx))
-        if n_classes == 2 and len(np.unique(y)) == 2:
-            out["roc_auc"] = _f(roc_auc_score(y, proba[:, 1]))
-        p, r, f1, s = precision_recall_fscore_support(y, pred, labels=all_idx, average=None, zero_division=0)
+    out["accuracy"] = _f(M.accuracy(y, pred))
+    out["balanced_accuracy"] = _f(M.balanced_accuracy(y, pred))
+    for avg in ("macro", "weighted"):
+        p, r, f1 = M.averaged_prf(y, pred, avg)
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = _f(p), _f(r), _f(f1)
+    out["top_k_accuracy"] = {
+        str(k): _f(M.top_k_accuracy(y, proba, k))
+        for k in TOP_K
+        if k == 1 or k < n_classes  # top-k over all classes is always 1: not worth a number
+    }
+    out["log_loss"] = _f(M.log_loss(proba, y))
+    if n_classes == 2 and len(np.unique(y)) == 2:
+        out["roc_auc"] = _f(roc_auc_score(y, proba[:, 1]))
+    p, r, f1, s = M.per_class_prf(y, pred, n_classes)
     out["per_class"] = {
         lab: {"precision": _f(p[i]), "recall": _f(r[i]), "f1": _f(f1[i]), "support": int(s[i])}
         for i, lab in enumerate(labels)
     }
-    out["ece"] = _f(expected_calibration_error(proba, y, n_bins=n_bins))
+    out["ece"] = _f(M.expected_calibration_error(proba, y, n_bins=n_bins))
     sure = conf >= threshold
     out["threshold"] = float(threshold)
     out["coverage"] = _f(sure.mean())
     out["selective_accuracy"] = _f(correct[sure].mean()) if sure.any() else None
     out["mean_confidence"] = _f(conf.mean())
-    out["reliability"] = reliability_bins(conf, correct, n_bins=n_bins)
+    out["reliability"] = M.reliability_bins(conf, correct, n_bins=n_bins)
     return out
 
 

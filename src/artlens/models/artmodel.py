@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens.metrics import softmax
 from artlens.paths import atomic_write_bytes, atomic_write_text
 
 FORMAT = "artlens-model"
@@ -47,12 +48,6 @@ class TaskConfig:
             raise ModelFormatError(f"task {self.name!r}: labels must be a non-empty list of distinct names")
         if not self.temperature > 0:
             raise ModelFormatError(f"task {self.name!r}: temperature must be positive")
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class ArtModel:
@@ -174,7 +169,7 @@ class ArtModel:
     def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated probabilities per task (temperature-scaled softmax)."""
         logits = self.head_logits(features)
-        return {t.name: _softmax(logits[t.name] / t.temperature) for t in self.tasks}
+        return {t.name: softmax(logits[t.name] / t.temperature) for t in self.tasks}
 
     # ------------------------------------------------------------------ torch bridge
     def torch_heads(self):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens import metrics as M
 from artlens.train import openset
 
 log = logging.getLogger(__name__)
@@ -326,27 +327,24 @@ def _probe_config(candidates: list[dict] | None, threads: int | None) -> tuple[d
 
 
 def closed_set_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
-    """accuracy, macro-F1 and top-5 accuracy over all the head's classes."""
-    from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
-
+    """accuracy, macro-F1 (over the classes present, as everywhere in artlens) and top-3/5 accuracy."""
     if len(y) == 0:
         return {"n": 0}
-    labels = np.arange(n_classes)
     pred = proba.argmax(axis=1)
     out = {
         "n": int(len(y)),
-        "accuracy": round(float(accuracy_score(y, pred)), 4),
-        "macro_f1": round(float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)), 4),
+        "accuracy": round(M.accuracy(y, pred), 4),
+        "macro_f1": round(M.macro_f1(y, pred), 4),
     }
     for k in (3, 5):
         if k < n_classes:
-            out[f"top{k}_accuracy"] = round(float(top_k_accuracy_score(y, proba, k=k, labels=labels)), 4)
+            out[f"top{k}_accuracy"] = round(M.top_k_accuracy(y, proba, k), 4)
     return out
 
 
 def nearest_centroid_scores(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Cosine to each class centroid: the nearest-centroid baseline's class scores."""
-    return openset.l2n(features) @ openset.l2n(centroids).T
+    return M.l2_normalize(features) @ M.l2_normalize(centroids).T
 
 
 def predictor_rates(model, known_features, known_y, unknown_features, task: str = TASK) -> dict:
@@ -455,9 +453,7 @@ def _crossfit(X, y, K: int, fold: np.ndarray, pool_known: np.ndarray, bg_class: 
     """Out-of-fold logits (known classes, background logits) and centroid cosines of every pool row,
     for each candidate; the candidate with the best out-of-fold macro-F1 on the known paintings.
     `bg_class`: each background row's class (`background_classes`), -1 for the others."""
-    from artlens.train.calibrate import softmax
     from artlens.train.probe import _describe, expand_candidates, standardisation
-    from sklearn.metrics import f1_score
 
     n_folds = int(fold.max()) + 1
     pool_bg = bg_class >= 0
@@ -471,7 +467,7 @@ def _crossfit(X, y, K: int, fold: np.ndarray, pool_known: np.ndarray, bg_class: 
         present = np.isin(np.arange(K), y[tr])  # an artist whose pool paintings all fall in fold k has none
         c = np.zeros((K, X.shape[1]), np.float32)
         c[present] = openset.class_centroids(X[tr], np.searchsorted(np.flatnonzero(present), y[tr]), int(present.sum()))
-        cents[scored & (fold == k)] = openset.l2n(X[scored & (fold == k)]) @ c.T
+        cents[scored & (fold == k)] = M.l2_normalize(X[scored & (fold == k)]) @ c.T
     for cand in expand_candidates(candidates):
         t0 = time.perf_counter()
         logits = np.zeros((len(X), K + n_bg), np.float32)
@@ -483,9 +479,8 @@ def _crossfit(X, y, K: int, fold: np.ndarray, pool_known: np.ndarray, bg_class: 
             z = ((X[te] - mean) / std) @ w.T + b
             logits[te, : z.shape[1]] = z
         zk = logits[pool_known, :K]
-        f1 = float(f1_score(y[pool_known], zk.argmax(1), average="macro", labels=np.arange(K), zero_division=0))
-        p = softmax(zk)
-        nll = float(-np.mean(np.log(np.clip(p[np.arange(len(zk)), y[pool_known]], 1e-12, None))))
+        f1 = M.macro_f1(y[pool_known], zk.argmax(1))
+        nll = M.log_loss(M.softmax(zk), y[pool_known])
         trial = {"candidate": cand, "describe": _describe(cand), "val_macro_f1": round(f1, 4), "val_nll": round(nll, 4),
                  "seconds": round(time.perf_counter() - t0, 2)}
         trials.append(trial)
@@ -633,7 +628,7 @@ def _train_crossfit(f, X, y, K, labels, column, *, background, background_min_pa
     import torch
 
     from artlens.models.artmodel import TaskConfig
-    from artlens.train.calibrate import fit_temperature, softmax
+    from artlens.train.calibrate import fit_temperature
     from artlens.train.config import DEFAULTS
     from artlens.train.probe import standardisation
 
@@ -676,7 +671,7 @@ def _train_crossfit(f, X, y, K, labels, column, *, background, background_min_pa
 
     def scores(m):
         z = cv["logits"][m]
-        out = {"max_prob": openset.known_scores("max_prob", probs=softmax(z / temperature)),
+        out = {"max_prob": openset.known_scores("max_prob", probs=M.softmax(z / temperature)),
                "energy": openset.known_scores("energy", logits=z),
                "centroid": cv["centroid_cos"][m].max(axis=1).astype(np.float64)}
         if cv["background"] is not None:
@@ -687,7 +682,7 @@ def _train_crossfit(f, X, y, K, labels, column, *, background, background_min_pa
     sk, su = scores(pool_known), scores(pool_unknown)
     art.calibration_scores = {"known": sk, "unknown": su, "correct": correct}
     desc = f"crossfit: {cv['n_folds']} folds over the train+val paintings ({int(pool_known.sum())} known, {int(pool_unknown.sum())} by kept-out artists)"
-    val_metrics = {"closed_set_val": {**closed_set_metrics(softmax(zk / temperature), y[pool_known], K), "out_of_fold": True},
+    val_metrics = {"closed_set_val": {**closed_set_metrics(M.softmax(zk / temperature), y[pool_known], K), "out_of_fold": True},
                    "nearest_centroid_val": {**closed_set_metrics(cv["centroid_cos"][pool_known], y[pool_known], K), "out_of_fold": True}}
     extra = {"validation": desc, "selected_head": cv["candidate"], "trials": cv["trials"], "val_metrics": val_metrics}
     return art, sk, su, extra

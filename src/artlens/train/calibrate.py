@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+from artlens import metrics as M
+from artlens.metrics import softmax
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, max_iter: int = 100) -> float:
@@ -87,27 +84,13 @@ def choose_threshold(probs: np.ndarray, targets: np.ndarray, rule: str = "precis
     return float(conf_sorted[k])
 
 
-def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
-    keep = np.asarray(targets) >= 0
-    probs, y = np.asarray(probs)[keep], np.asarray(targets)[keep]
-    if len(y) == 0:
-        return float("nan")
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, labels: list[str], temperature: float = 1.0,
                            threshold: float = 0.0) -> dict:
-    """accuracy, macro-F1, NLL and ECE (calibrated), coverage and accuracy above the threshold."""
-    from sklearn.metrics import accuracy_score, f1_score
+    """accuracy, macro-F1, NLL and ECE (calibrated), coverage and accuracy above the threshold.
 
+    Rows with a negative target (no label for this task) are left out. The numbers are
+    `artlens.metrics`' (macro-F1 over the classes present), the ones `artlens evaluate` reports.
+    """
     keep = np.asarray(targets) >= 0
     z, y = np.asarray(logits)[keep], np.asarray(targets)[keep]
     if len(y) == 0:
@@ -116,20 +99,15 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, labels: list
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     accepted = conf >= threshold
-    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)))) + 0.0  # no -0.0
     return {
         "n": int(len(y)),
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=np.arange(len(labels)), zero_division=0)),
-        "nll": nll,
-        "ece": expected_calibration_error(probs, y),
+        "accuracy": M.accuracy(y, pred),
+        "macro_f1": M.macro_f1(y, pred),
+        "nll": M.log_loss(probs, y),
+        "ece": M.expected_calibration_error(probs, y),
         "coverage": float(accepted.mean()),
         "accuracy_accepted": float((pred[accepted] == y[accepted]).mean()) if accepted.any() else float("nan"),
-        "per_class_f1": {
-            lab: float(v) for lab, v in zip(
-                labels, f1_score(y, pred, average=None, labels=np.arange(len(labels)), zero_division=0)
-            )
-        },
+        "per_class_f1": {lab: float(v) for lab, v in zip(labels, M.per_class_prf(y, pred, len(labels))[2])},
     }
 
 

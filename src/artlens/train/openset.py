@@ -28,13 +28,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from artlens.metrics import l2_normalize as l2n
+from artlens.metrics import softmax
+
 METHODS = ("max_prob", "energy", "centroid", "background")
 DEFAULT_LABEL = "unknown artist"
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def class_centroids(features: np.ndarray, y: Sequence[int], n_classes: int) -> np.ndarray:
@@ -82,9 +80,7 @@ def known_scores(
         zk = np.asarray(logits, np.float64)
         # (N,) for one background class, (N, n) for several
         z = np.concatenate([zk, np.asarray(background_logit, np.float64).reshape(len(zk), -1)], axis=1)
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p[:, : zk.shape[1]].max(axis=1) / p.sum(axis=1)
+        return softmax(z, axis=1)[:, : zk.shape[1]].max(axis=1)
     raise ValueError(f"unknown open-set method {method!r} (choose from {', '.join(METHODS)})")
 
 
