@@ -50,7 +50,7 @@ def probe_explainer(name: str, root: Path, n_train: int) -> Explainer:
     except Exception as exc:  # weights package not installed: nothing to explain with
         pytest.skip(f"{name}: no pretrained weights ({exc})")
     spec = backbones.get_spec(name)
-    pre = spec.preprocessing()
+    pre = spec.preprocessing
     x, y = [], []
     with torch.no_grad():
         for label, style in enumerate(STYLES):
@@ -68,7 +68,7 @@ def probe_explainer(name: str, root: Path, n_train: int) -> Explainer:
     config = {
         "mode": "probe",
         "backbone": {"name": name, "feature_dim": spec.feature_dim},
-        "preprocessing": pre,
+        "preprocessing": pre.to_config(),
         "tasks": [{"name": "style", "labels": list(STYLES)}],
     }
     return Explainer(ArtModel.from_torch(config, heads), backbone=net)

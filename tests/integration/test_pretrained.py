@@ -19,12 +19,11 @@ A wrongly loaded model (weights shifted or missing) gives none of these.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from artlens.models.backbones import create_backbone, create_classifier, get_spec, preprocess_image
+from artlens.models.backbones import create_backbone, create_classifier, get_spec
 from artlens.models.weights import MissingWeightsError, resolve_weights
 
 pytestmark = pytest.mark.integration
@@ -60,7 +59,7 @@ def test_offline_cnn_names_known_photos(name, known_images, monkeypatch):
         pytest.skip(str(exc))
     assert source.kind == "package"
     model = create_classifier(name)
-    x = torch.from_numpy(np.stack([preprocess_image(img, name) for img in known_images]))
+    x = torch.from_numpy(get_spec(name).preprocessing.batch(known_images))
     with torch.no_grad():
         probs = model(x).softmax(1)
     china, hopper = probs

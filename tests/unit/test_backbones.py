@@ -41,14 +41,15 @@ def test_registry_lists_every_backbone_with_a_spec():
         spec = B.get_spec(name)
         assert spec.name == name and spec.feature_dim == dim
         assert spec.kind == ("vit" if name == "clip-vit-b16" else "cnn")
-        assert spec.interpolation in ("bicubic", "bilinear")
-        assert spec.resize_size >= spec.input_size
-        assert len(spec.mean) == len(spec.std) == 3
+        pre = spec.preprocessing
+        assert pre.interpolation in ("bicubic", "bilinear")
+        assert pre.resize_size >= pre.input_size
+        assert len(pre.mean) == len(pre.std) == 3
         assert spec.weights_id
-    assert B.get_spec("inception_v3").input_size == 299
-    assert B.get_spec("efficientnet-lite0").mean == (0.5, 0.5, 0.5)
-    assert B.get_spec("clip-vit-b16").mean == C.CLIP_MEAN
-    assert B.get_spec("clip-vit-b16").preprocessing() == {
+    assert B.get_spec("inception_v3").preprocessing.input_size == 299
+    assert B.get_spec("efficientnet-lite0").preprocessing.mean == (0.5, 0.5, 0.5)
+    assert B.get_spec("clip-vit-b16").preprocessing is C.CLIP_PREPROCESSING
+    assert B.get_spec("clip-vit-b16").preprocessing.to_config() == {
         "input_size": 224, "resize_size": 224, "mean": list(C.CLIP_MEAN), "std": list(C.CLIP_STD),
         "interpolation": "bicubic",
     }
@@ -67,7 +68,8 @@ def test_cnn_shapes_and_gradcam_layer(name):
     spec = B.get_spec(name)
     with torch.device("meta"):
         model = B.create_backbone(name, pretrained=False)
-        out = model(torch.empty(2, 3, spec.input_size, spec.input_size))
+        size = spec.preprocessing.input_size
+        out = model(torch.empty(2, 3, size, size))
     assert tuple(out.shape) == (2, spec.feature_dim)
     assert not model.training
     layer = model.get_submodule(spec.gradcam_layer)
@@ -79,7 +81,8 @@ def test_with_classifier_gives_imagenet_logits(name):
     spec = B.get_spec(name)
     with torch.device("meta"):
         model = B.create_backbone(name, pretrained=False, with_classifier=True)
-        out = model(torch.empty(1, 3, spec.input_size, spec.input_size))
+        size = spec.preprocessing.input_size
+        out = model(torch.empty(1, 3, size, size))
     assert tuple(out.shape) == (1, 1000)
 
 
@@ -180,17 +183,17 @@ def test_generic_preprocess_matches_torchvision_and_clip():
 
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (170, 231, 3), dtype=np.uint8))
-    spec = B.get_spec("resnet18")
+    pre = B.get_spec("resnet18").preprocessing
     ref = T.Compose([
-        T.Resize(spec.resize_size, interpolation=T.InterpolationMode.BILINEAR),
-        T.CenterCrop(spec.input_size),
+        T.Resize(pre.resize_size, interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(pre.input_size),
         T.ToTensor(),
-        T.Normalize(spec.mean, spec.std),
+        T.Normalize(pre.mean, pre.std),
     ])(img).numpy()
-    ours = B.preprocess_image(img, spec)
+    ours = pre(img)
     assert ours.shape == ref.shape == (3, 224, 224)
     assert np.abs(ours - ref).max() < 1e-4
-    assert np.array_equal(B.preprocess_image(img, "clip-vit-b16"), C.clip_preprocess(img))
+    assert np.array_equal(B.get_spec("clip-vit-b16").preprocessing(img), C.clip_preprocess(img))
 
 
 def test_importing_clip_and_registry_does_not_import_torch():

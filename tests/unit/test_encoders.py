@@ -5,24 +5,23 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from artlens.embed.encoders import SpecPreprocess, TorchEncoder, get_encoder, l2_normalize, make_backbone_id, state_digest
+from artlens.embed.encoders import TorchEncoder, get_encoder, l2_normalize, make_backbone_id, state_digest
+from artlens.models.preprocessing import Preprocessing
+
+TINY = Preprocessing(input_size=16, resize_size=18, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), interpolation="bilinear")
 
 
 @dataclass(frozen=True)
 class Spec:
     name: str = "tiny"
     feature_dim: int = 6
-    input_size: int = 16
-    resize_size: int = 18
-    mean: tuple = (0.5, 0.4, 0.3)
-    std: tuple = (0.2, 0.25, 0.5)
-    interpolation: str = "bilinear"
+    preprocessing: Preprocessing = TINY
     kind: str = "cnn"
     weights_id: str = "tiny-w1"
     gradcam_layer: str = "0"
@@ -41,7 +40,7 @@ def test_l2_normalize_rows_and_zero_rows():
 
 
 def test_spec_preprocess_resizes_crops_and_normalises():
-    pre = SpecPreprocess.from_spec(Spec())
+    pre = Preprocessing.from_spec(Spec())
     # A wide image: left third red, middle green, right third blue. Short side -> 18, centre crop 16
     # keeps only the green middle.
     arr = np.zeros((30, 90, 3), np.uint8)
@@ -50,15 +49,15 @@ def test_spec_preprocess_resizes_crops_and_normalises():
     arr[:, 60:, 2] = 255
     out = pre(Image.fromarray(arr))
     assert out.shape == (3, 16, 16) and out.dtype == np.float32
-    expected = (np.array([0, 1, 0], np.float32) - np.array(Spec.mean)) / np.array(Spec.std)
+    expected = (np.array([0, 1, 0], np.float32) - np.array(TINY.mean)) / np.array(TINY.std)
     np.testing.assert_allclose(out.mean(axis=(1, 2)), expected, atol=1e-5)
     # greyscale input comes out as 3 channels too
     assert pre(Image.new("L", (20, 40), 128)).shape == (3, 16, 16)
 
 
 def test_backbone_id_follows_weights_and_preprocessing():
-    a = SpecPreprocess.from_spec(Spec())
-    b = SpecPreprocess.from_spec(Spec(interpolation="bicubic"))
+    a = Preprocessing.from_spec(Spec())
+    b = Preprocessing.from_spec(Spec(preprocessing=replace(TINY, interpolation="bicubic")))
     id_a = make_backbone_id("tiny", "torch", {"pre": a.fingerprint()})
     assert id_a == make_backbone_id("tiny", "torch", {"pre": a.fingerprint()})
     assert id_a != make_backbone_id("tiny", "torch", {"pre": b.fingerprint()})
@@ -139,11 +138,23 @@ def test_real_registry_simple_cnn():
 
 
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "mobilenet-v2", "clip-vit-b16"])
-def test_spec_preprocess_matches_the_registry(name):
+def test_encoders_preprocess_with_the_registrys_description(name):
     backbones = pytest.importorskip("artlens.models.backbones")
     spec = backbones.get_spec(name)
-    img = _images(1)[0].resize((301, 217))
-    np.testing.assert_allclose(SpecPreprocess.from_spec(spec)(img), backbones.preprocess_image(img, spec), atol=1e-5)
+    enc = TorchEncoder(name, pretrained=False)
+    assert enc.preprocess == spec.preprocessing
+    assert enc.preprocess(_images(1)[0].resize((301, 217))).shape == (3, spec.preprocessing.input_size, spec.preprocessing.input_size)
+
+
+def test_fine_tuned_encoder_takes_the_models_preprocessing(tiny_registry):
+    own = {"input_size": 12, "resize_size": 14, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bicubic"}
+    state = {k: v.detach().numpy().copy() for k, v in TorchEncoder("tiny").model.state_dict().items()}
+    tuned = TorchEncoder("tiny", backbone_state=state, preprocessing=own)
+    assert tuned.preprocess == Preprocessing.from_config(own)
+    assert tuned.preprocess(_images(1)[0]).shape == (3, 12, 12)
+    # a partial block takes the rest from the registry
+    assert TorchEncoder("tiny", backbone_state=state, preprocessing={"input_size": 12}).preprocess == replace(
+        TINY, input_size=12, resize_size=12)
 
 
 def test_random_init_backbone_does_not_depend_on_the_global_rng():

@@ -248,7 +248,7 @@ def _registry_model(name: str, mode: str = "probe"):
         "mode": mode,
         "backbone": {"name": name, "feature_dim": spec.feature_dim},
         # 64 px keeps it quick (EigenCAM's SVD grows with the map's area); the model's own size wins
-        "preprocessing": spec.preprocessing() | {"input_size": 64, "resize_size": 64},
+        "preprocessing": spec.preprocessing.to_config() | {"input_size": 64, "resize_size": 64},
         "tasks": [{"name": "style", "labels": ["a", "b", "c"]}],
     }
     return ArtModel.from_torch(config, heads, backbone_state=state), state
@@ -317,19 +317,17 @@ def test_explain_uses_the_models_preprocessing_not_the_registrys(image_factory):
     # A fine-tune trained at `finetune.image_size` 64 on resnet18 (registry: 224/256): explain must
     # feed the model what training and validation fed it (config.json's preprocessing), so its
     # probabilities are the training pipeline's and the map's grid is the trained one.
-    from artlens.data.transforms import eval_transform
-
     backbones = _backbones()
     torch.manual_seed(0)
     art, _ = _registry_model("resnet18", mode="finetune")
     pre = art.config["preprocessing"]
     pre["resize_size"] = 73  # resize, then centre crop, like finetune.image_size 64 with crop_pct 0.875
-    assert (pre["input_size"], backbones.get_spec("resnet18").input_size) == (64, 224)
+    assert (pre["input_size"], backbones.get_spec("resnet18").preprocessing.input_size) == (64, 224)
     ex = Explainer(art)  # the registry backbone + the saved fine-tuned weights
     img = Image.open(image_factory("wide.png", size=(90, 70), seed=5))
     exp = ex.explain(img)
     assert exp.input_cams[0].shape == (64, 64) and exp.cam.shape == (70, 90)
-    x = eval_transform(pre)(img.convert("RGB")).unsqueeze(0)  # the training/validation transform
+    x = art.preprocessing.eval_transform()(img).unsqueeze(0)  # the training/validation transform
     with torch.no_grad():
         probs = torch.softmax(ex.net(x)[0], -1).numpy()
     assert exp.prob == pytest.approx(float(probs[exp.class_index]), abs=1e-5)

@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from artlens.models.preprocessing import Preprocessing
+
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -22,11 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 class TinySpec:
     name = "tiny"
     feature_dim = 8
-    input_size = 32
-    resize_size = 32
-    mean = (0.5, 0.5, 0.5)
-    std = (0.5, 0.5, 0.5)
-    interpolation = "bilinear"
+    preprocessing = Preprocessing(input_size=32, resize_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                  interpolation="bilinear")
     weights_id = None
 
 
@@ -106,6 +105,7 @@ def test_finetune_writes_checkpoints_logs_and_an_equivalent_model(tmp_path, tiny
     model = ArtModel.load(out)
     assert model.mode == "finetune" and model.task("style").labels == ["Baroque", "Cubism"]
     assert model.config["preprocessing"]["input_size"] == 32
+    assert model.preprocessing == TinySpec.preprocessing  # what predict/explain will feed it
     assert model.config["metrics"]["val"]["style"]["accuracy"] >= 0.0
     # the exported model = the trained network: backbone from backbone.* tensors, heads in numpy
     from artlens.train.finetune import ArtClassifier, load_checkpoint_state

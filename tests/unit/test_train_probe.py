@@ -138,6 +138,7 @@ def test_threshold_rule():
 
 def test_probe_export_round_trip_equal_logits(tmp_path):
     from artlens.models.artmodel import ArtModel
+    from artlens.models.preprocessing import Preprocessing
     from artlens.train.export import save_run
 
     x, y, split = blobs(n=200, d=12)
@@ -147,9 +148,7 @@ def test_probe_export_round_trip_equal_logits(tmp_path):
     class Spec:
         weights_id = "fake"
         feature_dim = 12
-        input_size = resize_size = 32
-        mean = std = (0.5, 0.5, 0.5)
-        interpolation = "bilinear"
+        preprocessing = Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
 
     recipe = load_recipe(None, {"backbone.name": "fake"})
     save_run(recipe, res.tasks, res.heads, res.metrics, tmp_path / "m", mode="probe", spec=Spec())

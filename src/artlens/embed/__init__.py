@@ -2,7 +2,7 @@
 embedding store. Importing this package is cheap: torch and onnxruntime load only when an
 encoder is built."""
 
-from artlens.embed.encoders import Encoder, OnnxEncoder, SpecPreprocess, TorchEncoder, get_encoder, l2_normalize, model_encoder
+from artlens.embed.encoders import Encoder, OnnxEncoder, TorchEncoder, get_encoder, l2_normalize, model_encoder
 from artlens.embed.extract import EmbedResult, EmbedStats, embed_manifest, file_sha256
 from artlens.embed.store import EmbeddingStore, StoreError, default_store_root
 
@@ -13,7 +13,6 @@ __all__ = [
     "EmbeddingStore",
     "Encoder",
     "OnnxEncoder",
-    "SpecPreprocess",
     "StoreError",
     "TorchEncoder",
     "default_store_root",

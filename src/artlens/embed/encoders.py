@@ -12,10 +12,11 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from artlens.models.preprocessing import Preprocessing
 
 CLIP_NAME = "clip-vit-b16"
 
@@ -70,73 +71,6 @@ class Encoder:
         return f"{type(self).__name__}({self.backbone_id!r}, dim={self.dim})"
 
 
-# --------------------------------------------------------------------------- preprocessing
-@dataclass(frozen=True)
-class SpecPreprocess:
-    """Eval preprocessing from a backbone spec: resize short side, centre crop, scale, normalise.
-
-    torchvision's transforms do the geometry on the PIL image (Pillow's antialiased resize), the
-    same ones timm's eval transform uses; picklable, so worker processes can run it.
-    """
-
-    input_size: int
-    resize_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def from_spec(cls, spec) -> "SpecPreprocess":
-        return cls(
-            input_size=int(spec.input_size),
-            resize_size=int(getattr(spec, "resize_size", None) or spec.input_size),
-            mean=tuple(float(m) for m in spec.mean),
-            std=tuple(float(s) for s in spec.std),
-            interpolation=str(getattr(spec, "interpolation", "bicubic")),
-        )
-
-    @classmethod
-    def from_config(cls, pre: Mapping[str, Any] | None, spec) -> "SpecPreprocess":
-        """A model's own preprocessing (config.json `preprocessing`), the spec's for missing keys."""
-        base = cls.from_spec(spec)
-        pre = dict(pre or {})
-        return cls(
-            input_size=int(pre.get("input_size", base.input_size)),
-            resize_size=int(pre.get("resize_size", base.resize_size)),
-            mean=tuple(float(m) for m in pre.get("mean", base.mean)),
-            std=tuple(float(v) for v in pre.get("std", base.std)),
-            interpolation=str(pre.get("interpolation", base.interpolation)),
-        )
-
-    def fingerprint(self) -> dict:
-        return {
-            "input_size": self.input_size,
-            "resize_size": self.resize_size,
-            "mean": [round(m, 8) for m in self.mean],
-            "std": [round(s, 8) for s in self.std],
-            "interpolation": self.interpolation,
-        }
-
-    def _geometry(self):
-        from torchvision import transforms as T
-
-        mode = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}.get(
-            self.interpolation, T.InterpolationMode.BICUBIC
-        )
-        return T.Compose([T.Resize(self.resize_size, interpolation=mode), T.CenterCrop(self.input_size)])
-
-    def __call__(self, img) -> np.ndarray:
-        geom = self.__dict__.get("_geom")
-        if geom is None:
-            geom = self._geometry()
-            object.__setattr__(self, "_geom", geom)  # built once per process
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        arr = np.asarray(geom(img), dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
 # --------------------------------------------------------------------------- onnxruntime (CLIP)
 class OnnxEncoder(Encoder):
     """An onnxruntime session whose first output is the embedding."""
@@ -174,16 +108,17 @@ def _clip_onnx_encoder() -> OnnxEncoder:
     # went from 13.6 to 15.4 images/s on 2 cores over one 2-thread session (see ClipOnnxRunner).
     runner = clip_mod.ClipOnnxRunner()
     spec = get_spec(CLIP_NAME)
+    pre = Preprocessing.from_spec(spec)
     fingerprint = {
         # The cached model's file name hashes the weights' source id and the build recipe.
         "model": clip_mod.clip_onnx_path().name,
         # The file does not hold the normalisation done after it (`clip_features`): name it here.
         "features": f"embed+patch-means{list(clip_mod.CLIP_MID_LAYERS)}",
         "weights_id": spec.weights_id,
-        "preprocess": SpecPreprocess.from_spec(spec).fingerprint(),
+        "preprocess": pre.fingerprint(),
     }
     backbone_id = make_backbone_id(CLIP_NAME, "onnx", fingerprint)
-    return OnnxEncoder(CLIP_NAME, runner.sessions[0], clip_mod.clip_preprocess, backbone_id, clip_mod.ONNX_OUTPUT,
+    return OnnxEncoder(CLIP_NAME, runner.sessions[0], pre, backbone_id, clip_mod.ONNX_OUTPUT,
                        runner=runner.features, dim=clip_mod.CLIP_FEATURE_DIM)
 
 
@@ -192,7 +127,7 @@ class TorchEncoder(Encoder):
     """A torch backbone from the registry (eval mode, no grad) with its spec's preprocessing."""
 
     def __init__(self, name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu", pretrained: bool = True,
-                 preprocessing: Mapping[str, Any] | None = None):
+                 preprocessing: Preprocessing | Mapping[str, Any] | None = None):
         import torch
 
         from artlens.models.backbones import create_backbone, get_spec
@@ -223,7 +158,7 @@ class TorchEncoder(Encoder):
             model.load_state_dict(tensors, strict=False)
         self.model = model.eval().to(self.device)
         # A fine-tune may have trained at its own image size: its config's preprocessing wins.
-        self.preprocess = SpecPreprocess.from_config(preprocessing, self.spec) if preprocessing else SpecPreprocess.from_spec(self.spec)
+        self.preprocess = Preprocessing.from_config(preprocessing, name) if preprocessing else Preprocessing.from_spec(self.spec)
         self.dim = int(self.spec.feature_dim)
         fingerprint = {
             "weights_id": f"random-init-seed0-torch{torch.__version__}" if random_init else getattr(self.spec, "weights_id", None),
@@ -249,14 +184,15 @@ _CACHE: dict[tuple[str, str], Encoder] = {}
 
 
 def get_encoder(backbone_name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu",
-                preprocessing: Mapping[str, Any] | None = None) -> Encoder:
+                preprocessing: Preprocessing | Mapping[str, Any] | None = None) -> Encoder:
     """The encoder for a registry backbone.
 
     CLIP on the CPU with its pretrained weights runs through onnxruntime; a fine-tuned backbone
     (`backbone_state`, the `backbone.*` tensors of an ArtModel with the prefix removed) or another
     device uses the torch model. Pretrained encoders are built once per process and shared.
-    `preprocessing` (a model config's) applies to fine-tuned backbones only: frozen encoders keep
-    their registry preprocessing, which the embedding store is keyed on.
+    `preprocessing` (a model's `Preprocessing` or its config.json block) applies to fine-tuned
+    backbones only: frozen encoders keep their registry preprocessing, which the embedding store is
+    keyed on.
     """
     if isinstance(backbone_name, Encoder):
         return backbone_name
@@ -277,5 +213,5 @@ def model_encoder(model, *, device: str = "cpu") -> Encoder:
     """The encoder an ArtModel predicts with: its fine-tuned backbone state and its own
     preprocessing when it has one, else the shared pretrained encoder."""
     state = model.backbone_state() or None
-    pre = model.config.get("preprocessing") if state else None
+    pre = model.preprocessing if state else None
     return get_encoder(model.backbone_name, backbone_state=state, device=device, preprocessing=pre)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 import torch
 from torch import nn
+
+from artlens.models.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from artlens.models.artmodel import ArtModel
@@ -212,54 +214,22 @@ class Prepared:
     box: tuple[int, int, int, int]  # the model's centre crop, in display pixels (l, t, r, b)
 
 
-def preprocessing_of(art: "ArtModel") -> dict[str, Any]:
-    """The model's own preprocessing (config.json), falling back to the backbone registry."""
-    pre = dict(art.config.get("preprocessing") or {})
-    needed = ("input_size", "resize_size", "mean", "std", "interpolation")
-    if not all(k in pre for k in needed):
-        from artlens.models.backbones import get_spec
+def prepare_image(img: Image.Image, pre: "Preprocessing | Mapping[str, Any]") -> Prepared:
+    """The model's eval preprocessing (`Preprocessing`, or a config.json block), so the explained
+    pixels are exactly the predicted ones.
 
-        spec = get_spec(art.backbone_name)
-        for k in needed:
-            pre.setdefault(k, getattr(spec, k))
-    return pre
-
-
-def prepare_image(img: Image.Image, pre: dict[str, Any]) -> Prepared:
-    """The encoders' eval preprocessing (short side to `resize_size`, centre crop `input_size`,
-    normalise), so the explained pixels are exactly the predicted ones.
-
-    Also returns the crop box mapped back onto the display image, so the map is drawn where the
-    model looked instead of being stretched over parts it never saw.
+    Also returns the crop box mapped onto the display image, so the map is drawn where the model
+    looked instead of being stretched over parts it never saw.
     """
-    from artlens.embed.encoders import SpecPreprocess
-
+    pre = Preprocessing.from_config(pre)
     img = img.convert("RGB")
-    size, resize = int(pre["input_size"]), int(pre["resize_size"])
-    fn = SpecPreprocess(size, resize, tuple(pre["mean"]), tuple(pre["std"]), str(pre.get("interpolation", "bicubic")))
-    tensor = torch.from_numpy(fn(img)).unsqueeze(0)
-
-    # The same geometry as torchvision's Resize(int) + CenterCrop, in original pixels.
-    w, h = img.size
-    if w <= h:
-        rw, rh = resize, int(resize * h / w)
-    else:
-        rw, rh = int(resize * w / h), resize
-    left, top = int(round((rw - size) / 2.0)), int(round((rh - size) / 2.0))
-
+    tensor = torch.from_numpy(pre(img)).unsqueeze(0)
     display = img
+    w, h = img.size
     if max(w, h) > MAX_DISPLAY:
         f = MAX_DISPLAY / max(w, h)
         display = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
-    dw, dh = display.size
-    sx, sy = dw / rw, dh / rh
-    box = (
-        max(0, round(left * sx)),
-        max(0, round(top * sy)),
-        min(dw, round((left + size) * sx)),
-        min(dh, round((top + size) * sy)),
-    )
-    return Prepared(tensor=tensor, display=display, box=box)
+    return Prepared(tensor=tensor, display=display, box=pre.crop_box(w, h, into=display.size))
 
 
 def place_cam(cam: np.ndarray, box: tuple[int, int, int, int], display_size: tuple[int, int]) -> np.ndarray:
@@ -399,7 +369,7 @@ class Explainer:
         self.model = load_art_model(model)
         self.net = build_explain_model(self.model, task, backbone=backbone)
         self.default_task = self.net.task
-        self.pre = preprocessing_of(self.model)
+        self.pre = self.model.preprocessing
 
     def _spec_layer(self) -> str:
         layer = getattr(self, "_default_layer", None)

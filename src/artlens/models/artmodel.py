@@ -82,6 +82,13 @@ class ArtModel:
                 return t
         raise KeyError(f"model has no task {name!r} (it has {', '.join(self.task_names)})")
 
+    @property
+    def preprocessing(self):
+        """The model's eval `Preprocessing`: config.json's block, the backbone registry's for keys it lacks."""
+        from artlens.models.preprocessing import Preprocessing
+
+        return Preprocessing.from_config(self.config.get("preprocessing"), self.backbone_name)
+
     def backbone_state(self) -> dict[str, np.ndarray]:
         """Fine-tuned backbone weights (empty for probe models)."""
         return {k[len("backbone."):]: v for k, v in self.tensors.items() if k.startswith("backbone.")}
@@ -100,6 +107,11 @@ class ArtModel:
             str(cfg["backbone"]["name"])
         except (KeyError, TypeError, ValueError):
             raise ModelFormatError("config.json: backbone needs a name and a feature_dim") from None
+        if cfg.get("preprocessing") is not None:
+            try:
+                self.preprocessing
+            except ValueError as exc:
+                raise ModelFormatError(f"config.json: {exc}") from None
         names = self.task_names
         if not names or len(set(names)) != len(names):
             raise ModelFormatError("config.json: tasks must be a non-empty list with distinct names")

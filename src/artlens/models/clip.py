@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from artlens.models.preprocessing import Preprocessing
+
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
     import PIL.Image
@@ -44,6 +46,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "CLIP_INPUT_SIZE",
+    "CLIP_PREPROCESSING",
     "CLIP_EMBED_DIM",
     "CLIP_FEATURE_DIM",
     "CLIP_MID_LAYERS",
@@ -67,6 +70,8 @@ BACKBONE_NAME = "clip-vit-b16"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_INPUT_SIZE = 224
+# OpenAI's reference transform: short side to 224 (bicubic), centre crop 224, CLIP's mean/std.
+CLIP_PREPROCESSING = Preprocessing(CLIP_INPUT_SIZE, CLIP_INPUT_SIZE, CLIP_MEAN, CLIP_STD, "bicubic")
 CLIP_PATCH = 16
 CLIP_GRID = CLIP_INPUT_SIZE // CLIP_PATCH  # 14 x 14 patches + 1 CLS token
 CLIP_EMBED_DIM = 512
@@ -93,8 +98,6 @@ ONNX_MID_OUTPUT = "patch_means"  # (N, 3 * 768): see CLIP_MID_LAYERS
 _ONNX_RECIPE = "pertoken-u8s8-v4-clslast-mid579"
 _TORCH_RECIPE = "fp32-v1"
 
-_MEAN = np.asarray(CLIP_MEAN, dtype=np.float32).reshape(3, 1, 1)
-_STD = np.asarray(CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
 _lock = threading.Lock()
 
 
@@ -103,30 +106,13 @@ _lock = threading.Lock()
 
 
 def clip_preprocess(img: PIL.Image.Image) -> np.ndarray:
-    """OpenAI CLIP's eval preprocessing: RGB, short side to 224 (bicubic), centre crop 224x224,
-    scale to [0, 1], normalise with CLIP's mean/std. Returns float32 (3, 224, 224).
-    Sizes are rounded like torchvision's Resize/CenterCrop (OpenAI's reference transform)."""
-    from PIL import Image
-
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    size = CLIP_INPUT_SIZE
-    w, h = img.size
-    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    if new != (w, h):
-        img = img.resize(new, Image.Resampling.BICUBIC)
-    w, h = img.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * (1.0 / 255.0)
-    return ((arr - _MEAN) / _STD).astype(np.float32, copy=False)
+    """OpenAI CLIP's eval preprocessing (`CLIP_PREPROCESSING`): float32 (3, 224, 224)."""
+    return CLIP_PREPROCESSING(img)
 
 
 def clip_preprocess_batch(images) -> np.ndarray:
     """`clip_preprocess` over a list of images: float32 (N, 3, 224, 224)."""
-    if len(images) == 0:
-        return np.zeros((0, 3, CLIP_INPUT_SIZE, CLIP_INPUT_SIZE), np.float32)
-    return np.stack([clip_preprocess(im) for im in images])
+    return CLIP_PREPROCESSING.batch(images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +494,8 @@ def _self_check(src: Path, built: Path) -> None:
         np.stack([xx, yy, 1 - xx]),
         np.stack([(xx * 8 % 1 > 0.5), (yy * 5 % 1 > 0.5), xx * yy]).astype(np.float32),
     ])
-    imgs = ((imgs - _MEAN) / _STD).astype(np.float32)
+    mean, std = (np.asarray(v, np.float32).reshape(3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    imgs = ((imgs - mean) / std).astype(np.float32)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     ref_s = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])

@@ -378,9 +378,8 @@ def create_app(
 
     # ------------------------------------------------------------------ work done in the pool
     def model_side(st: ServerState) -> int:
-        """JPEG uploads decode at no less than twice the model's input on each side."""
-        pre = st.predictor.model.config.get("preprocessing") or {}
-        return max(448, 2 * int(pre.get("resize_size") or pre.get("input_size") or 224))
+        """JPEG uploads decode at no less than twice the model's resize size on each side."""
+        return max(448, 2 * st.predictor.model.preprocessing.resize_size)
 
     def do_predict(st: ServerState, uploads: list[Upload], top_k: int) -> list[dict[str, Any]]:
         slots: list[dict[str, Any]] = []

@@ -31,9 +31,7 @@ def backbone_info(spec, recipe: dict, feature_dim: int | None = None) -> dict:
 
 
 def spec_preprocessing(spec) -> dict:
-    from artlens.data.transforms import Geometry
-
-    return Geometry.from_preprocessing(spec).as_dict()
+    return spec.preprocessing.to_config()
 
 
 def calibrate_and_score(tasks: list[dict], logits: dict[str, dict[str, np.ndarray]], ys: dict[str, np.ndarray],

@@ -504,9 +504,9 @@ def load_checkpoint_state(path: str | Path) -> dict:
 
 def run_finetune(recipe: dict, out: Path, *, resume: bool = False, prepared=None, callbacks=()) -> dict:
     """Train, calibrate, export. Returns {"model_dir", "metrics", ...}."""
-    from artlens.data.transforms import Geometry, eval_transform, train_transform
     from artlens.train.data import prepare
     from artlens.train.export import export_model
+    from artlens.train.transforms import train_transform
 
     ft = recipe["finetune"]
     L.seed_everything(int(recipe["seed"]), workers=True, verbose=False)
@@ -525,11 +525,11 @@ def run_finetune(recipe: dict, out: Path, *, resume: bool = False, prepared=None
         if not ((prepared.split == part)[:, None] & (targets >= 0)).any():
             raise ValueError(f"no labelled {part} rows: fine-tuning needs both (check data.split)")
     spec = _get_spec(recipe["backbone"]["name"])
-    geometry = Geometry.from_preprocessing(spec, ft.get("image_size"))
+    pre = spec.preprocessing.at_size(ft.get("image_size"))
     opts = dict(ft.get("augment_options") or {})
     opts["scale"] = tuple(opts.get("scale") or (0.6, 1.0))
-    tf_train = train_transform(ft["augment"], geometry, **opts)
-    tf_eval = eval_transform(geometry)
+    tf_train = train_transform(ft["augment"], pre, **opts)
+    tf_eval = pre.eval_transform()
     dm = ManifestDataModule(prepared.df, targets, tf_train, tf_eval, batch_size=ft["batch_size"],
                             num_workers=ft["num_workers"], seed=recipe["seed"])
     cw = None
@@ -561,7 +561,7 @@ def run_finetune(recipe: dict, out: Path, *, resume: bool = False, prepared=None
             logits[part], ys[part] = lg, y
     state = {k: v for k, v in model.backbone.state_dict().items()}
     result = export_model(
-        recipe, tasks, model.heads, logits, ys, out, mode="finetune", spec=spec, preprocessing=geometry.as_dict(),
+        recipe, tasks, model.heads, logits, ys, out, mode="finetune", spec=spec, preprocessing=pre.to_config(),
         backbone_state=state, prepared=prepared,
         extra={"epochs_trained": int(trainer.current_epoch), "global_step": int(trainer.global_step),
                "best_checkpoint": str(best) if best.is_file() else None},
