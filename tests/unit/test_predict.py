@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -70,3 +73,77 @@ def test_open_set_max_prob_rule(image_factory):
     out = p.predict_paths([grey, red])
     assert out[0]["tasks"]["colour"]["label"] == "unknown colour"
     assert out[1]["tasks"]["colour"]["label"] == "red"
+
+
+# ---------------------------------------------------------------------------- origin band + family in the CLI
+def _banded_model() -> ArtModel:
+    """Mean-colour features: green is AI (FLUX-like), red a person, olive between the thresholds."""
+    from artlens.models.artmodel import new_config
+
+    tensors = {
+        "heads.colour.0.weight": np.eye(3, dtype=np.float32) * 10, "heads.colour.0.bias": np.zeros(3, np.float32),
+        "heads.origin.0.weight": np.array([[10, 0, 0], [0, 10, 0]], np.float32), "heads.origin.0.bias": np.zeros(2, np.float32),
+        "heads.family.0.weight": np.array([[0, 4, 0], [0, 2, 0], [0, 0, 0]], np.float32),
+        "heads.family.0.bias": np.zeros(3, np.float32),
+    }
+    cfg = new_config({
+        "backbone": {"name": "mean-colour", "feature_dim": 3},
+        "preprocessing": {"input_size": 8, "resize_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bilinear"},
+        "tasks": [
+            {"name": "colour", "labels": ["red", "green", "blue"]},
+            {"name": "origin", "labels": ["human", "ai"],
+             "band": {"label": "ai", "accept": 0.9, "reject": 0.2, "check": {"jpeg_quality": 70, "scale": 0.75}}},
+            {"name": "family", "labels": ["flux", "sdxl", "sd1"], "attach": {"task": "origin", "when": "ai", "key": "family"}},
+        ],
+    })
+    return ArtModel(cfg, tensors)
+
+
+def test_cli_shows_origin_family_and_reason(tmp_path, monkeypatch):
+    import csv
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import artlens.predict
+    from artlens.cli import app
+
+    _banded_model().save(tmp_path / "model")
+    for name, rgb in {"green.png": (5, 250, 5), "red.png": (250, 5, 5), "olive.png": (180, 200, 0)}.items():
+        Image.new("RGB", (16, 16), rgb).save(tmp_path / name)
+
+    class ColourPredictor(Predictor):  # the CLI's predictor, with the stand-in encoder
+        def __init__(self, model, **kw):
+            super().__init__(model, encoder=MeanColourEncoder(), **kw)
+
+    monkeypatch.setattr(artlens.predict, "Predictor", ColourPredictor)
+    files = [str(tmp_path / n) for n in ("green.png", "red.png", "olive.png")]
+    run = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["predict", *files, "--model", str(tmp_path / "model"),
+                                                         "--csv", str(tmp_path / "p.csv")])
+    assert run.exit_code == 0, run.output
+    lines = run.stdout.splitlines()
+    header = next(line for line in lines if "image" in line)
+    assert "origin" in header and "family" not in header  # attached: not a column of its own
+    green = next(line for line in lines if "green.png" in line)
+    assert re.search(r"ai 100% \(family: flux 8\d%, sdxl 1\d%\)", green), green
+    olive = next(line for line in lines if "olive.png" in line)
+    assert "unsure (ai 69%): weak evidence: between the thresholds for either answer" in olive, olive
+    assert "family" not in olive  # no family line for an answer that is not "ai"
+    red = next(line for line in lines if "red.png" in line)
+    assert "human 100%" in red and "family" not in red
+
+    rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))}
+    cols = list(rows["green.png"])
+    assert cols[cols.index("origin_top") + 1:][:3] == ["origin_family", "origin_family_top", "origin_reason"]
+    assert not any(c.startswith("family") for c in cols)
+    g, r, o = rows["green.png"], rows["red.png"], rows["olive.png"]
+    assert (g["origin"], g["origin_family"], g["origin_reason"]) == ("ai", "flux", "")
+    assert re.fullmatch(r"flux:0\.8\d+;sdxl:0\.1\d+;sd1:0\.0\d+", g["origin_family_top"]), g["origin_family_top"]
+    assert (r["origin"], r["origin_family"], r["origin_family_top"], r["origin_reason"]) == ("human", "", "", "")
+    assert o["origin"] == "unsure" and o["origin_unsure"] == "True" and o["origin_reason"].startswith("weak evidence")
+
+    # JSON: the predictor's dicts as they are (family inside origin)
+    run = CliRunner().invoke(app, ["predict", files[0], "--model", str(tmp_path / "model"), "--json"])
+    out = json.loads(run.stdout)["tasks"]
+    assert set(out) == {"colour", "origin"} and out["origin"]["family"][0]["label"] == "flux"

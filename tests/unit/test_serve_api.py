@@ -461,3 +461,63 @@ def test_faiss_index_directory(gallery, tmp_path):
         ids = [e["id"] for e in c.get("/v1/examples").json()["examples"]]
         assert sorted(ids) == ["ix-0", "ix-1", "ix-2"]  # one per style from the index
         assert c.get("/v1/examples/ix-3/image").status_code == 404
+
+
+# ---------------------------------------------------------------------------- banded origin + attached family
+GREEN, OLIVE = (30, 210, 40), (170, 190, 20)
+
+
+def banded_predictor(**kw):
+    """The tiny model with origin as a band (green: AI, red: a person, olive: unsure) and a family
+    task reported inside origin."""
+    from artlens.models.artmodel import ArtModel
+    from artlens.predict import Predictor
+    from artlens.serve.testing import ColourEncoder, tiny_model
+
+    base = tiny_model()
+    tensors = {
+        **base.tensors,
+        "heads.origin.0.weight": np.array([[10, 0, 0, 0, 0, 0], [0, 10, 0, 0, 0, 0]], np.float32),  # human: red, ai: green
+        "heads.origin.0.bias": np.zeros(2, np.float32),
+        "heads.family.0.weight": np.array([[0, 4, 0, 0, 0, 0], [0, 2, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0] * 6], np.float32),
+        "heads.family.0.bias": np.zeros(4, np.float32),
+    }
+    tasks = [dict(t) for t in base.config["tasks"]]
+    origin = next(t for t in tasks if t["name"] == "origin")
+    origin["band"] = {"label": "ai", "accept": 0.9, "reject": 0.2, "check": {"jpeg_quality": 70, "scale": 0.75}}
+    tasks.append({"name": "family", "labels": ["flux", "sdxl", "sd1", "dalle"],
+                  "attach": {"task": "origin", "when": "ai", "key": "family"}})
+    return Predictor(ArtModel({**base.config, "tasks": tasks}, tensors), top_k=10, encoder=ColourEncoder(), **kw)
+
+
+def test_models_expose_band_and_attach_and_predict_nests_family():
+    app = create_app(predictor=banded_predictor(), explainer=None, examples_dir=None, warmup=False)
+    with TestClient(app) as c:
+        tasks = {t["name"]: t for t in c.get("/v1/models").json()["model"]["tasks"]}
+        assert tasks["origin"]["band"] == {"label": "ai", "accept": 0.9, "reject": 0.2,
+                                           "check": {"jpeg_quality": 70, "scale": 0.75}}
+        assert tasks["origin"]["attach"] is None and tasks["style"]["band"] is None
+        # the page skips attached tasks: their answer is inside the parent's
+        assert tasks["family"]["attach"] == {"task": "origin", "when": "ai", "key": "family"}
+        assert tasks["family"]["labels"] == ["flux", "sdxl", "sd1", "dalle"]
+
+        files = [("file", (f"{n}.png", png_bytes(col), "image/png")) for n, col in
+                 (("green", GREEN), ("red", RED), ("olive", OLIVE))]
+        r = c.post("/v1/predict?top_k=2", files=files)
+        assert r.status_code == 200, r.text
+        green, red, olive = (x["tasks"] for x in r.json()["results"])
+        assert set(green) == {"style", "genre", "origin"}  # no top-level family
+        o = green["origin"]
+        assert (o["label"], o["unsure"]) == ("ai", False) and "reason" not in o
+        assert [f["label"] for f in o["family"]] == ["flux", "sdxl"]  # top_k applies to the family too
+        assert red["origin"]["label"] == "human" and "family" not in red["origin"]
+        o = olive["origin"]
+        assert (o["label"], o["unsure"]) == ("unsure", True)
+        assert o["reason"].startswith("weak evidence") and o["top"][0]["label"] == "ai"
+        assert 0.2 < o["top"][0]["prob"] < 0.9
+
+    # a threshold given for origin replaces its band: the page must not draw the band's tick
+    app = create_app(predictor=banded_predictor(thresholds={"origin": 0.5}), explainer=None, examples_dir=None, warmup=False)
+    with TestClient(app) as c:
+        origin = next(t for t in c.get("/v1/models").json()["model"]["tasks"] if t["name"] == "origin")
+        assert origin["band"] is None and origin["threshold"] == 0.5

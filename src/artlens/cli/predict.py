@@ -81,31 +81,50 @@ def predict(
         if progress is not None:
             progress.stop()
 
+    # Attached tasks (origin's generator family) are reported inside their parent task's answer.
+    shown_tasks = [t for t in predictor.model.tasks if not t.attach]
+    names = [t.name for t in shown_tasks]
+    attached = {t.name: [a.attach["key"] for a in predictor.model.tasks if a.attach and a.attach["task"] == t.name]
+                for t in shown_tasks}
+    banded = {t.name for t in shown_tasks if t.band}
     if csv is not None:
-        _write_csv(csv, results, predictor.model.task_names)
+        _write_csv(csv, results, names, attached, banded)
     if not as_json:
-        _print_table(results, predictor.model.task_names)
+        _print_table(results, names, attached, banded)
     if failed:
         err.print(f"{failed} of {len(results)} file(s) could not be read.")
         raise typer.Exit(EXIT_PARTIAL)
     raise typer.Exit(EXIT_OK)
 
 
-def _fmt_task(res: dict) -> str:
+def _fmt_task(res: dict, keys: list[str] = (), compact: bool = False) -> str:
+    """One table cell. `keys`: attached answers in `res` (origin's `family`); `compact`: one line
+    (a two-sided answer, whose other label is only the complement)."""
     top = res["top"]
     head = top[0]
+    reason = res.get("reason")
     if res["label"] != head["label"]:  # unsure, or an open-set "unknown"
-        first = f"[yellow]{res['label']}[/yellow] [dim](best guess {head['label']} {head['prob']:.0%})[/dim]"
+        guess = f"{head['label']} {head['prob']:.0%}"
+        if reason:
+            first = f"[yellow]{res['label']}[/yellow] [dim]({guess}): {shown(reason)}[/dim]"
+        else:
+            first = f"[yellow]{res['label']}[/yellow] [dim](best guess {guess})[/dim]"
     else:
         first = f"[bold]{head['label']}[/bold] {head['prob']:.0%}"
-    rest = ", ".join(f"{t['label']} {t['prob']:.0%}" for t in top[1:])
+        for key in keys:
+            if res.get(key):  # at most two: the CSV has them all
+                listed = ", ".join(f"{x['label']} {x['prob']:.0%}" for x in res[key][:2])
+                first += f" [dim]({key}: {listed})[/dim]"
+    rest = "" if compact else ", ".join(f"{t['label']} {t['prob']:.0%}" for t in top[1:])
     return first + (f"\n[dim]{rest}[/dim]" if rest else "")
 
 
-def _print_table(results: list[dict], tasks: list[str]) -> None:
+def _print_table(results: list[dict], tasks: list[str], attached: dict[str, list[str]] | None = None,
+                 banded: set[str] = frozenset()) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    attached = attached or {}
     table = Table(show_lines=True)
     table.add_column("image", overflow="fold", max_width=40)
     for t in tasks:
@@ -115,20 +134,28 @@ def _print_table(results: list[dict], tasks: list[str]) -> None:
         if r["error"]:
             table.add_row(name, *([f"[red]error: {shown(r['error'])}[/red]"] + [""] * (len(tasks) - 1)))
         else:
-            table.add_row(name, *(_fmt_task(r["tasks"][t]) for t in tasks))
+            table.add_row(name, *(_fmt_task(r["tasks"][t], attached.get(t, []), t in banded or bool(attached.get(t)))
+                                  for t in tasks))
     Console().print(table)
 
 
-def _write_csv(path: Path, results: list[dict], tasks: list[str]) -> None:
+def _write_csv(path: Path, results: list[dict], tasks: list[str], attached: dict[str, list[str]] | None = None,
+               banded: set[str] = frozenset()) -> None:
     import csv as csvmod
     import io
 
     from artlens.paths import atomic_write_text
 
+    attached = attached or {}
     buf = io.StringIO()
     cols = ["path", "error"]
     for t in tasks:
         cols += [f"{t}", f"{t}_prob", f"{t}_unsure", f"{t}_top"]
+        for key in attached.get(t, []):
+            cols += [f"{t}_{key}", f"{t}_{key}_top"]
+        # A reason comes with a banded task's unsure answer; any other task that gives one gets the column too.
+        if t in banded or any("reason" in r["tasks"].get(t, {}) for r in results):
+            cols.append(f"{t}_reason")
     w = csvmod.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     for r in results:
@@ -139,6 +166,16 @@ def _write_csv(path: Path, results: list[dict], tasks: list[str]) -> None:
                 row[t] = res["label"]
                 row[f"{t}_prob"] = res["top"][0]["prob"]
                 row[f"{t}_unsure"] = res["unsure"]
-                row[f"{t}_top"] = ";".join(f"{x['label']}:{x['prob']}" for x in res["top"])
+                row[f"{t}_top"] = _pairs(res["top"])
+                for key in attached.get(t, []):
+                    if res.get(key):
+                        row[f"{t}_{key}"] = res[key][0]["label"]
+                        row[f"{t}_{key}_top"] = _pairs(res[key])
+                if res.get("reason"):
+                    row[f"{t}_reason"] = res["reason"]
         w.writerow(row)
     atomic_write_text(path, buf.getvalue())
+
+
+def _pairs(items: list[dict]) -> str:
+    return ";".join(f"{x['label']}:{x['prob']}" for x in items)

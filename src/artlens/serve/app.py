@@ -135,6 +135,7 @@ def _model_info(predictor, model_dir: Path | None) -> dict[str, Any]:
     if model_dir is not None and (model_dir / "MODEL_CARD.md").is_file():
         card = (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8", errors="replace")[:50_000]
     thresholds = getattr(predictor, "thresholds", {})
+    overrides = getattr(predictor, "_overrides", set())  # a given threshold replaces a task's band
     return {
         "name": name,
         "mode": model.mode,
@@ -149,6 +150,10 @@ def _model_info(predictor, model_dir: Path | None) -> dict[str, Any]:
                 "threshold": thresholds.get(t.name, t.threshold),
                 "temperature": t.temperature,
                 "unknown": t.unknown,
+                # Two-sided answer (origin): accept/reject thresholds on P(band label).
+                "band": None if t.name in overrides else t.band,
+                # Reported inside another task's answer (origin's family), not a result of its own.
+                "attach": t.attach,
             }
             for t in model.tasks
         ],
@@ -397,8 +402,10 @@ def create_app(
             where.append(len(slots) - 1)
         if images:
             for i, res in zip(where, st.predictor.predict_images(images, [slots[i]["name"] for i in where])):
+                # top_k applies to the labels and to attached lists (origin's family) alike.
                 tasks = {
-                    name: {**t, "top": t["top"][:top_k]} for name, t in res["tasks"].items()
+                    name: {k: v[:top_k] if isinstance(v, list) else v for k, v in t.items()}
+                    for name, t in res["tasks"].items()
                 }
                 slots[i]["tasks"] = tasks
         return slots
@@ -475,7 +482,7 @@ def create_app(
 
     @app.get("/v1/models", tags=["model"])
     async def models(request: Request):
-        """The loaded model: tasks, labels, thresholds, model card facts and metrics; server limits."""
+        """The loaded model: tasks (labels, thresholds, bands, attached tasks), model card facts, metrics; server limits."""
         st = state(request)
         return {
             "model": st.model_info,

@@ -15,8 +15,18 @@
     modelFacts: $("model-facts"), limitMb: $("limit-mb"), taskTemplate: $("task-template"),
   };
 
-  const TASK_NAMES = { style: "Style", genre: "Genre", origin: "Made by", artist: "Artist", movement: "Movement" };
-  const LABEL_NAMES = { origin: { human: "A person", ai: "AI (generated)" } };
+  const TASK_NAMES = {
+    style: "Style", genre: "Genre", origin: "Made by", artist: "Artist", movement: "Movement", family: "Generator family",
+  };
+  const LABEL_NAMES = {
+    origin: { human: "A person", ai: "AI (generated)" },
+    family: {
+      flux: "FLUX", sdxl: "SDXL", sd1: "SD 1.x", sd2: "SD 2.x", dalle: "DALL·E", "dalle-mini": "DALL·E mini",
+      ldm: "Latent Diffusion", glide: "GLIDE", disco: "Disco Diffusion", midjourney: "Midjourney",
+    },
+  };
+  // Answers reported inside another task's card (origin's generator family), by their key.
+  const ATTACH_TITLES = { family: "Most like" };
   const ERROR_TITLES = {
     payload_too_large: "That file is too big.",
     unsupported_media_type: "That file is not a picture artlens can read.",
@@ -39,6 +49,9 @@
   const labelText = (task, label) => (LABEL_NAMES[task] && LABEL_NAMES[task][label]) || String(label).replace(/_/g, " ");
   const pct = (p) => (p < 0.005 ? "<1%" : p > 0.995 && p < 1 ? ">99%" : `${Math.round(p * 100)}%`);
   const mb = (bytes) => (bytes / 1e6).toFixed(bytes < 10e6 ? 1 : 0);
+  const sentence = (s) => String(s).charAt(0).toUpperCase() + String(s).slice(1);
+  // Tasks with a card of their own: an attached task (origin's family) shows inside its parent's.
+  const cardTasks = () => (state.models ? state.models.tasks.filter((t) => !t.attach) : []);
 
   function node(tag, props = {}, children = []) {
     const n = document.createElement(tag);
@@ -93,9 +106,9 @@
       state.features = info.features || {};
       el.limitMb.textContent = mb(info.limits.max_upload_bytes);
       renderModelFacts(info);
-      el.emptyTasks.replaceChildren(...info.model.tasks.map((t) => node("li", { text: taskTitle(t.name) })));
+      el.emptyTasks.replaceChildren(...cardTasks().map((t) => node("li", { text: taskTitle(t.name) })));
       el.explainTask.replaceChildren(
-        ...info.model.tasks.map((t) => node("option", { value: t.name, text: taskTitle(t.name).toLowerCase() })),
+        ...cardTasks().map((t) => node("option", { value: t.name, text: taskTitle(t.name).toLowerCase() })),
       );
     } catch (err) {
       showError(err, "The model information could not be loaded.");
@@ -110,7 +123,7 @@
     const m = info.model;
     const parts = [`Model: ${m.name}`];
     if (m.backbone && m.backbone.name) parts.push(`backbone ${m.backbone.name}`);
-    parts.push(m.tasks.map((t) => `${taskTitle(t.name).toLowerCase()} (${t.labels.length} labels)`).join(", "));
+    parts.push(cardTasks().map((t) => `${taskTitle(t.name).toLowerCase()} (${t.labels.length} labels)`).join(", "));
     if (info.index && info.index.size) parts.push(`${info.index.size.toLocaleString()} artworks indexed`);
     el.modelFacts.textContent = parts.join(" · ");
   }
@@ -222,14 +235,14 @@
     el.frameBusy.hidden = true;
     renderTasks(result);
     setStatus(`${file.name} · ${result.width} × ${result.height} px · ${Math.round(ms)} ms`);
-    el.explainTask.value = state.models ? state.models.tasks[0].name : el.explainTask.value;
+    el.explainTask.value = state.models ? cardTasks()[0].name : el.explainTask.value;
     await Promise.all([explain(run), similar(run)]);
   }
 
   // ------------------------------------------------------------------ predictions
   function renderSkeleton() {
     el.empty.hidden = true;
-    const tasks = state.models ? state.models.tasks : [{ name: "…" }];
+    const tasks = state.models ? cardTasks() : [{ name: "…" }];
     el.tasks.replaceChildren(
       ...tasks.map((t) => {
         const card = el.taskTemplate.content.firstElementChild.cloneNode(true);
@@ -243,13 +256,14 @@
     );
   }
 
-  function barNode(label, prob, threshold, skeleton = false) {
+  // `tick`: { at, title } marks the threshold on this bar, or null.
+  function barNode(label, prob, tick, skeleton = false) {
     const fill = node("div", { class: "bar-fill" });
     const track = node("div", { class: "bar-track", "aria-hidden": "true" }, fill);
-    if (threshold != null && threshold > 0) {
-      const tick = node("span", { class: "bar-threshold", title: `“unsure” below ${pct(threshold)}` });
-      tick.style.left = `${Math.min(100, threshold * 100)}%`;
-      track.append(tick);
+    if (tick && tick.at > 0) {
+      const mark = node("span", { class: "bar-threshold", title: tick.title });
+      mark.style.left = `${Math.min(100, tick.at * 100)}%`;
+      track.append(mark);
     }
     const li = node("li", { class: "bar" }, [
       node("span", { class: "bar-label", text: label }),
@@ -260,11 +274,44 @@
     return li;
   }
 
+  // The threshold drawn on a bar: a banded task's accept threshold on its label's bar (P(AI) must
+  // reach it for an "AI" answer), else the "unsure" threshold on the top bar.
+  function tickFor(task, name, item, i) {
+    const band = task.band;
+    if (band) {
+      if (item.label !== band.label) return null;
+      return { at: band.accept, title: `“${labelText(name, band.label)}” from ${pct(band.accept)}` };
+    }
+    return i === 0 && task.threshold ? { at: task.threshold, title: `“unsure” below ${pct(task.threshold)}` } : null;
+  }
+
+  // An attached answer (origin's family) as a compact list with small bars.
+  function attachedNode(task, items) {
+    const key = task.attach.key;
+    const title = ATTACH_TITLES[key] || taskTitle(key);
+    const shown = items.filter((x, i) => i === 0 || x.prob >= 0.01);
+    const aria = `${title} (${taskTitle(task.name).toLowerCase()}), with probabilities`;
+    const list = node("ul", { class: "attached-list", "aria-label": aria },
+      shown.map((x) => {
+        const fill = node("span", { class: "mini-fill" });
+        fill.style.width = `${(Math.max(0, Math.min(1, x.prob)) * 100).toFixed(1)}%`;
+        return node("li", {}, [
+          node("span", { class: "attached-label", text: labelText(task.name, x.label) }),
+          node("span", { class: "attached-pct", text: pct(x.prob) }),
+          node("span", { class: "mini-track", "aria-hidden": "true" }, fill),
+        ]);
+      }));
+    return node("div", { class: "attached", "data-key": key }, [
+      node("span", { class: "attached-title", text: `${title}:` }), list,
+    ]);
+  }
+
   function renderTasks(result) {
-    const order = state.models ? state.models.tasks.map((t) => t.name) : Object.keys(result.tasks);
-    const thresholds = Object.fromEntries((state.models ? state.models.tasks : []).map((t) => [t.name, t.threshold]));
+    const tasks = state.models ? cardTasks() : Object.keys(result.tasks).map((name) => ({ name }));
+    const attached = state.models ? state.models.tasks.filter((t) => t.attach) : [];
     const cards = [];
-    for (const name of order) {
+    for (const task of tasks) {
+      const name = task.name;
       const r = result.tasks[name];
       if (!r) continue;
       const card = el.taskTemplate.content.firstElementChild.cloneNode(true);
@@ -273,24 +320,32 @@
       card.dataset.top = top.label;
       card.dataset.label = r.label;
       card.querySelector(".task-name").textContent = taskTitle(name);
+      const head = card.querySelector(".task-head");
       const verdict = card.querySelector(".verdict");
       if (r.unsure || r.label !== top.label) {
         card.classList.add("is-unsure");
         const shown = r.unsure ? "Unsure" : labelText(name, r.label);
-        verdict.append(
-          node("span", { class: "badge unsure", text: shown }),
-          node("span", {
+        verdict.append(node("span", { class: "badge unsure", text: shown }));
+        if (r.reason) {
+          // A banded answer says why it is unsure; its probabilities are in the bars, not in the verdict.
+          head.append(node("p", { class: "reason", text: sentence(r.reason) }));
+        } else {
+          verdict.append(node("span", {
             class: "guess",
             text: `best guess: ${labelText(name, top.label)} (${pct(top.prob)})` +
-              (r.unsure && thresholds[name] ? `, under the ${pct(thresholds[name])} needed for an answer` : ""),
-          }),
-        );
+              (r.unsure && task.threshold ? `, under the ${pct(task.threshold)} needed for an answer` : ""),
+          }));
+        }
       } else {
         verdict.append(labelText(name, top.label), node("span", { class: "pct", text: pct(top.prob) }));
+        for (const a of attached) {
+          const items = a.attach.task === name ? r[a.attach.key] : null;
+          if (items && items.length) head.append(attachedNode(a, items));
+        }
       }
       const bars = card.querySelector(".bars");
       bars.setAttribute("aria-label", `${taskTitle(name)}: top ${r.top.length} labels with probabilities`);
-      r.top.forEach((t, i) => bars.append(barNode(labelText(name, t.label), t.prob, i === 0 ? thresholds[name] : null)));
+      r.top.forEach((t, i) => bars.append(barNode(labelText(name, t.label), t.prob, tickFor(task, name, t, i))));
       cards.push(card);
     }
     el.tasks.replaceChildren(...cards);
@@ -305,7 +360,7 @@
       el.caption.textContent = "Heat maps are not available on this server.";
       return;
     }
-    const task = el.explainTask.value || (state.models && state.models.tasks[0].name);
+    const task = el.explainTask.value || (state.models && cardTasks()[0].name);
     el.caption.textContent = "Drawing the heat map…";
     el.toggle.disabled = true;
     try {
