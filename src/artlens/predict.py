@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from artlens.data.images import ImageDecodeError, load_image
+from artlens.data.images import ImageDecodeError, degraded_copy, load_image
 from artlens.models.artmodel import ArtModel
 
 UNSURE = "unsure"
@@ -74,13 +74,16 @@ class Predictor:
         self.model = model if isinstance(model, ArtModel) else ArtModel.load(model)
         self.top_k = max(1, int(top_k))
         self.thresholds = {t.name: t.threshold for t in self.model.tasks}
+        self.overridden: set[str] = set()  # tasks whose threshold the caller gave (it replaces a band)
         if isinstance(thresholds, (int, float)):
             self.thresholds = {k: float(thresholds) for k in self.thresholds}
+            self.overridden = set(self.thresholds)
         elif thresholds:
             unknown = set(thresholds) - set(self.thresholds)
             if unknown:
                 raise ValueError(f"--threshold names tasks the model does not have: {', '.join(sorted(unknown))}")
             self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+            self.overridden = set(thresholds)
         self._encoder = encoder
 
     @property
@@ -96,33 +99,81 @@ class Predictor:
         batch = np.stack([self.encoder.preprocess(img) for img in images])
         return self.encoder.embed_batch(batch)
 
-    def predict_features(self, features: np.ndarray) -> list[dict[str, Any]]:
-        """Per-row task results for backbone features `(N, dim)`."""
+    def predict_features(self, features: np.ndarray,
+                         check: Callable[[list[int]], np.ndarray | None] | None = None) -> list[dict[str, Any]]:
+        """Per-row task results for backbone features `(N, dim)`.
+
+        `check(rows)`: the features of degraded copies of those rows (None when they cannot be
+        made); a banded answer (origin `ai`) that does not hold on its copy becomes `unsure`.
+        """
         logits = self.model.head_logits(features)
+        probs_all = self.model.probabilities(logits)
         rows: list[dict[str, Any]] = [{} for _ in range(len(features))]
         for t in self.model.tasks:
-            z = logits[t.name] / t.temperature
-            z = z - z.max(axis=1, keepdims=True)
-            probs = np.exp(z)
-            probs /= probs.sum(axis=1, keepdims=True)
+            if t.attach:
+                continue
+            probs = probs_all[t.name]
             k = min(self.top_k, len(t.labels))
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             unknown = _open_set_reject(self.model, t, features, logits[t.name], probs)
+            banded = self.model.band_decision(t.name, probs)[0] if t.band else None
             for i in range(len(features)):
                 top = [{"label": t.labels[j], "prob": round(float(probs[i, j]), 4)} for j in order[i]]
-                unsure = bool(probs[i, order[i, 0]] < self.thresholds[t.name])
-                if unknown is not None and unknown[i]:
-                    label = t.unknown.get("label", "unknown")
+                res: dict[str, Any]
+                if banded is not None:
+                    if t.name in self.overridden:  # a threshold given by the caller replaces the band
+                        label = None if probs[i, order[i, 0]] < self.thresholds[t.name] else top[0]["label"]
+                    else:
+                        label = banded[i]
+                    res = {"label": label or UNSURE, "unsure": label is None, "top": top}
+                    if label is None:
+                        res["reason"] = "weak evidence: between the thresholds for either answer"
                 else:
-                    label = UNSURE if unsure else top[0]["label"]
-                rows[i][t.name] = {"label": label, "unsure": unsure, "top": top}
+                    unsure = bool(probs[i, order[i, 0]] < self.thresholds[t.name])
+                    if unknown is not None and unknown[i]:
+                        label = t.unknown.get("label", "unknown")
+                    else:
+                        label = UNSURE if unsure else top[0]["label"]
+                    res = {"label": label, "unsure": unsure, "top": top}
+                rows[i][t.name] = res
+            if banded is not None and check is not None and t.band.get("check") and t.name not in self.overridden:
+                self._check_band(t, rows, check)
+        for t in self.model.tasks:
+            a = t.attach
+            if not a:
+                continue
+            probs = probs_all[t.name]
+            k = min(self.top_k, len(t.labels))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            for i in range(len(features)):
+                parent = rows[i].get(a["task"])
+                if parent is not None and (a.get("when") is None or parent["top"][0]["label"] == a["when"]):
+                    parent[a["key"]] = [{"label": t.labels[j], "prob": round(float(probs[i, j]), 4)} for j in order[i]]
         return rows
+
+    def _check_band(self, t, rows: list[dict], check: Callable[[list[int]], np.ndarray | None]) -> None:
+        """Accepted answers must hold on a degraded copy (JPEG, smaller): else `unsure`."""
+        band = t.band
+        todo = [i for i, r in enumerate(rows) if r[t.name]["label"] == band["label"]]
+        if not todo:
+            return
+        feats = check(todo)
+        if feats is None:
+            return
+        _, p = self.model.band_decision(t.name, self.model.predict_proba(feats)[t.name])
+        c = band["check"]
+        for i, pi in zip(todo, p):
+            if pi < band["accept"]:
+                r = rows[i][t.name]
+                r.update(label=UNSURE, unsure=True, reason=(
+                    f"does not hold on a degraded copy (JPEG quality {c['jpeg_quality']}, "
+                    f"{c['scale']:g}x size): P({band['label']}) {pi:.2f}"))
 
     def predict_images(self, images: Sequence, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         names = list(names) if names is not None else [f"<image {i}>" for i in range(len(images))]
         if not images:
             return []
-        results = self.predict_features(self.embed_images(images))
+        results = self.predict_features(self.embed_images(images), check=lambda rows: self._degraded([images[i] for i in rows]))
         return [{"path": n, "error": None, "tasks": r} for n, r in zip(names, results)]
 
     def iter_predict(
@@ -156,7 +207,14 @@ class Predictor:
                 results: dict[int, dict] = {}
                 if good:
                     feats = self.encoder.embed_batch(np.stack([decoded[i][0] for i in good]))
-                    for i, r in zip(good, self.predict_features(feats)):
+
+                    def check(rows, _good=good, _chunk=chunk):
+                        try:
+                            return self._degraded([load_image(_chunk[_good[r]]) for r in rows])
+                        except Exception:  # the file changed since it was read: skip the check
+                            return None
+
+                    for i, r in zip(good, self.predict_features(feats, check=check)):
                         results[i] = r
                 for i, path in enumerate(chunk):
                     if i in results:
@@ -165,6 +223,15 @@ class Predictor:
                         yield {"path": path, "error": decoded[i][1], "tasks": {}}
                 if on_progress:
                     on_progress(len(chunk))
+
+    def _degraded(self, images: Sequence) -> np.ndarray | None:
+        """Features of degraded copies (see `TaskConfig.band`), or None when no task asks."""
+        checks = [t.band["check"] for t in self.model.tasks if t.band and t.band.get("check")]
+        if not checks or not images:
+            return None
+        c = checks[0]
+        side = max(16, round(self.model.preprocessing.resize_size * float(c["scale"])))
+        return self.embed_images([degraded_copy(img, jpeg_quality=int(c["jpeg_quality"]), side=side) for img in images])
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], **kw) -> list[dict[str, Any]]:
         return list(self.iter_predict(paths, **kw))

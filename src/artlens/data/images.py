@@ -256,3 +256,19 @@ def probe_image_bytes(
         raise ImageDecodeError(name, "empty file (0 bytes)")
     img, (w, h), fmt, mode = _decode(io.BytesIO(data), name, max_pixels, draft=thumb_size)
     return ImageProbe(width=w, height=h, format=fmt, mode=mode, thumbnail=img)
+
+
+def degraded_copy(img: Image.Image, *, jpeg_quality: int, side: int) -> Image.Image:
+    """The image as a re-shared copy would look: shorter side at most `side` px, re-encoded as
+    JPEG at `jpeg_quality`. Used to check that an answer does not hang on fragile pixels."""
+    img = img.convert("RGB")
+    short = min(img.size)
+    if short > side:
+        f = side / short
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(jpeg_quality))
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out

@@ -40,6 +40,12 @@ class TaskConfig:
     temperature: float = 1.0
     threshold: float = 0.0  # top probability under this -> "unsure"
     unknown: dict | None = None  # open-set rule, e.g. {"method": "max_prob", "threshold": .4, "label": "unknown artist"}
+    # Two-sided answer for a yes/no task (origin): {"label": "ai", "accept": .9, "reject": .3, ...}.
+    # P(label) >= accept -> label; <= reject -> the other label; between -> unsure. Optional
+    # "check": {"jpeg_quality": q, "scale": s}: an accepted answer must hold on a degraded copy.
+    band: dict | None = None
+    # A task reported inside another one's answer: {"task": "origin", "when": "ai", "key": "family"}.
+    attach: dict | None = None
 
     def __post_init__(self) -> None:
         if self.column is None:
@@ -48,6 +54,8 @@ class TaskConfig:
             raise ModelFormatError(f"task {self.name!r}: labels must be a non-empty list of distinct names")
         if not self.temperature > 0:
             raise ModelFormatError(f"task {self.name!r}: temperature must be positive")
+        if self.band is not None:
+            self.band = _valid_band(self.name, self.band, self.labels)
 
 
 class ArtModel:
@@ -115,6 +123,14 @@ class ArtModel:
         names = self.task_names
         if not names or len(set(names)) != len(names):
             raise ModelFormatError("config.json: tasks must be a non-empty list with distinct names")
+        for t in self.tasks:
+            a = t.attach
+            if a is None:
+                continue
+            if not isinstance(a, dict) or a.get("task") not in names or a.get("task") == t.name or not a.get("key"):
+                raise ModelFormatError(f"config.json: task {t.name!r}: attach needs another task's name and a key")
+            if a.get("when") is not None and a["when"] not in self.task(a["task"]).labels:
+                raise ModelFormatError(f"config.json: task {t.name!r}: attach 'when' is not a label of {a['task']!r}")
         for key in self.tensors:
             m = _HEAD_KEY.match(key)
             if m and m["task"] not in names:
@@ -178,9 +194,23 @@ class ArtModel:
             out[t.name] = x
         return out
 
+    def band_decision(self, task: str, probs: np.ndarray) -> tuple[list[str | None], np.ndarray]:
+        """For a task with a `band`: per row the answer (None: unsure) and P(band label)."""
+        t = self.task(task)
+        band = t.band
+        if not band:
+            raise ValueError(f"task {task!r} has no decision band")
+        j = t.labels.index(band["label"])
+        other = next(lab for lab in t.labels if lab != band["label"])
+        p = np.asarray(probs)[:, j]
+        out = [band["label"] if x >= band["accept"] else other if x <= band["reject"] else None for x in p]
+        return out, p
+
     def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated probabilities per task (temperature-scaled softmax)."""
-        logits = self.head_logits(features)
+        return self.probabilities(self.head_logits(features))
+
+    def probabilities(self, logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {t.name: softmax(logits[t.name] / t.temperature) for t in self.tasks}
 
     # ------------------------------------------------------------------ torch bridge
@@ -263,6 +293,27 @@ class ArtModel:
             raise ModelFormatError(f"{directory}: {exc}") from None
         except (TypeError, KeyError) as exc:
             raise ModelFormatError(f"{directory}: invalid config.json ({exc})") from None
+
+
+def _valid_band(task: str, band: Any, labels: list[str]) -> dict:
+    where = f"task {task!r}: band"
+    if not isinstance(band, dict) or band.get("label") not in labels or len(labels) != 2:
+        raise ModelFormatError(f"{where} needs a 'label' of a two-label task")
+    try:
+        accept, reject = float(band["accept"]), float(band["reject"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError(f"{where} needs numeric 'accept' and 'reject'") from None
+    if not (0.0 <= reject <= accept <= 1.0):
+        raise ModelFormatError(f"{where}: need 0 <= reject <= accept <= 1, got reject={reject}, accept={accept}")
+    check = band.get("check")
+    if check is not None:
+        try:
+            q, sc = int(check["jpeg_quality"]), float(check["scale"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelFormatError(f"{where}.check needs integer 'jpeg_quality' and numeric 'scale'") from None
+        if not (1 <= q <= 100 and 0.1 <= sc <= 1.0):
+            raise ModelFormatError(f"{where}.check: jpeg_quality in 1..100 and scale in 0.1..1, got {q}, {sc}")
+    return {**band, "accept": accept, "reject": reject}
 
 
 def _stored_half(key: str) -> bool:

@@ -135,7 +135,7 @@ def _model_info(predictor, model_dir: Path | None) -> dict[str, Any]:
     if model_dir is not None and (model_dir / "MODEL_CARD.md").is_file():
         card = (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8", errors="replace")[:50_000]
     thresholds = getattr(predictor, "thresholds", {})
-    overrides = getattr(predictor, "_overrides", set())  # a given threshold replaces a task's band
+    overrides = getattr(predictor, "overridden", set())  # stand-ins may lack it; a given threshold replaces a task's band
     return {
         "name": name,
         "mode": model.mode,
