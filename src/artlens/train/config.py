@@ -96,6 +96,18 @@ DEFAULTS: dict[str, Any] = {
         "wandb": None,  # {project: ..., name: ...} or true
         "progress": "auto",  # auto | rich | tqdm | none
     },
+    # Origin (human / AI) trained by groups (artlens.train.origin), after the probe: set
+    # `enabled` and give rows `origin` plus `family` (AI) / `kind` (human) columns.
+    "origin": {
+        "enabled": False,
+        "candidates": None,  # [{blocks: [block9], weight_decay: 0.1}, ...]; null: the built-in list
+        "max_fpr": 0.02,  # at most this share of each held-out human kind called AI
+        "reject": 0.5,  # P(ai) at or under which the answer is `human`; null: set by max_unsure
+        "max_unsure": 0.2,  # with reject null: at most this share of any held-out group unsure
+        "check": {"jpeg_quality": 70, "scale": 0.75},  # an `ai` answer must hold on such a copy; null: off
+        "family": True,  # a generator-family head beside the `ai` answer
+        "cap": 1500,  # rows per group in each leave-one-group-out fit
+    },
     "calibration": {
         "temperature": True,
         # precision: the lowest threshold whose accepted validation predictions reach `target`
@@ -105,7 +117,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys whose value is free-form (not checked against DEFAULTS).
-_FREE = {("data", "sources"), ("tasks",), ("probe", "candidates"), ("finetune", "wandb"),
+_FREE = {("data", "sources"), ("tasks",), ("probe", "candidates"), ("origin", "check"), ("finetune", "wandb"),
          ("finetune", "freeze", "layers"), ("finetune", "loggers"), ("finetune", "augment_options", "scale")}
 
 

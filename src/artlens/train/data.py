@@ -279,11 +279,13 @@ def prepare(recipe: dict, *, use_cache: bool = True, progress: bool = True) -> P
     tasks = recipe["tasks"]
     if recipe["data"].get("max_per_class"):
         df = balanced_subsample(df, tasks[0]["column"], int(recipe["data"]["max_per_class"]), recipe["seed"])
-    # keep rows labelled for at least one task
+    # keep rows labelled for at least one task (origin, when the recipe trains it by groups)
     labelled = np.zeros(len(df), bool)
     for t in tasks:
         if _has(df, t["column"]):
             labelled |= task_values(df, t["column"]).notna().to_numpy()
+    if (recipe.get("origin") or {}).get("enabled") and _has(df, "origin"):
+        labelled |= df["origin"].notna().to_numpy()
     df = df[labelled].reset_index(drop=True)
     if not len(df):
         raise ValueError("no row of the data carries a label for any task "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -425,6 +426,16 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
         extra["embedding"] = embed_stats.as_dict()
     saved = save_run(recipe, result.tasks, result.heads, result.metrics, Path(out), mode="probe", spec=spec,
                      prepared=prepared, extra=extra, feature_dim=features.shape[1])
+    if (recipe.get("origin") or {}).get("enabled"):
+        from artlens.models.artmodel import ArtModel
+        from artlens.train.origin import add_origin
+
+        model = add_origin(ArtModel.load(out), features, prepared.df, recipe["origin"])
+        model.save(out)
+        saved["metrics"] = {**saved["metrics"], "origin": model.config["metrics"]["origin"]}
+        saved["config"] = model.config
+        mpath = Path(out) / "metrics.json"
+        mpath.write_text(json.dumps({**json.loads(mpath.read_text()), "origin": saved["metrics"]["origin"]}, indent=2) + "\n")
     # Files the scan accepted but the encoder could not use: the caller reports them with the
     # scan's unreadable files (and exits "partial").
     saved["embed_errors"] = [] if embed_errors is None or not len(embed_errors) else [

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Origin (human / AI) on groups the head never saw: the old recipe beside the shipped one.
+
+    .venv/bin/python benchmarks/origin.py [--recipe configs/default-model.yaml] [--json out.json]
+
+Every AI family and every human kind of the recipe's data is held out in turn; a head fitted on
+the rest scores it (artlens.train.origin.leave_one_group_out). Printed per group, in one run:
+- old: the plain probe the default model shipped before (all 2816 features, every source, P >= 0.5);
+- new: the recipe's choice (features and weight decay chosen on these same out-of-group numbers),
+  at P >= 0.5 and with its band (P >= accept: `ai`; between reject and accept: `unsure`).
+Then the same for each WikiArt style held out on its own (a new kind of painting, other painting
+styles still in training), and the group-balanced out-of-group ROC AUC of both.
+Needs ../shared/datasets; embeddings come from the shared cache (first run: ~20 min to embed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OLD = {"blocks": ["all"], "weight_decay": 1e-2}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", type=Path, default=REPO / "configs/default-model.yaml")
+    ap.add_argument("--json", type=Path, help="write every number here too")
+    ap.add_argument("--cap", type=int, default=1500, help="rows per group in each fit")
+    args = ap.parse_args(argv)
+
+    from artlens.train.config import load_recipe
+    from artlens.train.data import prepare
+    from artlens.train.origin import (leave_one_group_out, operating_point, origin_groups, select_recipe)
+    from artlens.train.probe import embed_rows
+
+    t0 = time.perf_counter()
+    recipe = load_recipe(args.recipe)
+    prepared = prepare(recipe, progress=False)
+    X, prepared, _, _ = embed_rows(prepared, recipe, progress=False)
+    df = prepared.df
+    groups = origin_groups(df)
+    have = np.array([g is not None for g in groups])
+    X, df, groups = X[have], df[have].reset_index(drop=True), groups[have].astype(str)
+    Z = (X - X.mean(0)) / np.maximum(X.std(0), 1e-6)
+    is_ai = np.char.startswith(groups, "ai:")
+    print(f"{len(df)} images, {len(set(groups))} groups, embedded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    ocfg = recipe["origin"]
+    new, candidates = select_recipe(Z, is_ai, groups, ocfg.get("candidates"), max_fpr=float(ocfg["max_fpr"]), cap=args.cap)
+    v_old = leave_one_group_out(Z, is_ai, groups, OLD, cap=args.cap)
+    v_new = leave_one_group_out(Z, is_ai, groups, new, cap=args.cap)
+    reject = ocfg.get("reject")
+    op = operating_point(v_new, float(ocfg["max_fpr"]), float(ocfg["max_unsure"]),
+                         reject=None if reject is None else float(reject))
+
+    # Finer human kinds: each WikiArt style held out alone (the other styles stay in training).
+    styles = df["style"].where(df["kind"].eq("painting")) if "style" in df and "kind" in df else None
+    fine = groups.copy()
+    if styles is not None:
+        m = styles.notna().to_numpy()
+        fine[m] = "human:painting/" + styles[m].astype(str).to_numpy()
+    held = sorted({g for g in fine if g.startswith("human:painting/")})
+    s_old = leave_one_group_out(Z, is_ai, fine, OLD, held=held, cap=args.cap) if held else None
+    s_new = leave_one_group_out(Z, is_ai, fine, new, held=held, cap=args.cap) if held else None
+
+    print("\nCandidates (out-of-group, each family / human kind held out in turn):")
+    print(f"{'features':22s} {'wd':>6s} {'AUC':>6s} {'AI recall@.5':>13s} {'worst human@.5':>15s} "
+          f"{'accept':>8s} {'AI recall@accept':>17s}")
+    for c in candidates:
+        mark = " <- chosen" if c["recipe"] == new else ""
+        print(f"{'+'.join(c['recipe']['blocks']):22s} {c['recipe']['weight_decay']:6g} {c['auc']:6.3f} "
+              f"{c['mean_ai_recall']:13.3f} {c['max_human_called_ai']:15.3f} {c['accept']:8.4f} "
+              f"{c['mean_ai_recall_at_accept']:17.3f}{mark}")
+
+    r_old, r_new, r_band = v_old.rates(0.5), v_new.rates(0.5), op["validation"]
+    print(f"\nShare called AI when held out. old = plain probe, all features, P >= 0.5; new = "
+          f"{'+'.join(new['blocks'])} wd {new['weight_decay']:g}; band: ai at P >= {op['accept']:.4f}, "
+          f"human at <= {op['reject']:.4f}")
+    print(f"{'held-out group':30s} {'n':>6s} {'old@.5':>7s} {'new@.5':>7s} {'new: ai':>8s} {'unsure':>7s}")
+    for part in ("ai:", "human:"):
+        for g in sorted(k for k in r_old if k.startswith(part)):
+            print(f"{g:30s} {int(np.sum(groups == g)):6d} {r_old[g]:7.3f} {r_new[g]:7.3f} "
+                  f"{r_band[g]['called_ai']:8.3f} {r_band[g]['unsure']:7.3f}")
+    ai_g = [g for g in r_old if g.startswith("ai:")]
+    hu_g = [g for g in r_old if g.startswith("human:")]
+    summary = {
+        "old": {"auc": round(v_old.auc(), 4), "mean_ai_recall": _mean(r_old, ai_g), "max_human_called_ai": _max(r_old, hu_g)},
+        "new@0.5": {"auc": round(v_new.auc(), 4), "mean_ai_recall": _mean(r_new, ai_g), "max_human_called_ai": _max(r_new, hu_g)},
+        "new band": {"mean_ai_recall": _mean({g: r_band[g]["called_ai"] for g in ai_g}, ai_g),
+                     "max_human_called_ai": _max({g: r_band[g]["called_ai"] for g in hu_g}, hu_g),
+                     "max_unsure": round(max(r["unsure"] for r in r_band.values()), 4)},
+    }
+    for k, s in summary.items():
+        print(f"{k:10s} " + ", ".join(f"{a} {b}" for a, b in s.items()))
+
+    if held:
+        band_rates = s_new.rates(op["accept"])
+        print("\nEach WikiArt style held out alone: share called AI")
+        print(f"{'held-out style':36s} {'n':>6s} {'old@.5':>7s} {'new@.5':>7s} {'new: ai':>8s}")
+        so, sn = s_old.rates(0.5), s_new.rates(0.5)
+        for g in held:
+            print(f"{g:36s} {int(np.sum(fine == g)):6d} {so[g]:7.3f} {sn[g]:7.3f} {band_rates[g]:8.3f}")
+        summary["styles"] = {"old@0.5_mean": _mean(so, held), "new@0.5_mean": _mean(sn, held),
+                             "new_band_mean": _mean(band_rates, held), "new_band_max": _max(band_rates, held)}
+        print("styles    " + ", ".join(f"{a} {b}" for a, b in summary["styles"].items()))
+    print(f"\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if args.json:
+        out = {"recipe_chosen": new, "candidates": [{k: v for k, v in c.items() if k != "table"} for c in candidates], "operating_point": op, "summary": summary,
+               "old_at_0.5": r_old, "new_at_0.5": r_new}
+        args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return 0
+
+
+def _mean(r: dict, keys) -> float:
+    return round(float(np.mean([r[k] for k in keys])), 4)
+
+
+def _max(r: dict, keys) -> float:
+    return round(float(np.max([r[k] for k in keys])), 4)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Origin trained by groups on a small slice of ../shared: scan -> embed -> add_origin -> predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from artlens.models.weights import MissingWeightsError, resolve_weights
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PER_GROUP = 12
+
+
+@pytest.fixture(scope="module")
+def clip_ready():
+    try:
+        resolve_weights("clip-vit-b16")
+    except MissingWeightsError as exc:
+        pytest.skip(str(exc))
+
+
+def test_origin_end_to_end_on_shared_slice(shared_datasets, clip_ready, tmp_path):
+    from artlens import default_model_dir
+    from artlens.data.manifest import scan
+    from artlens.embed import embed_manifest
+    from artlens.models.artmodel import ArtModel
+    from artlens.predict import Predictor
+    from artlens.train.origin import add_origin
+
+    frames = []
+    for name in ("ai-generators", "human-sketches", "human-photos"):
+        m = scan(shared_datasets / name, workers=0).manifest
+        assert {"origin", "family" if name.startswith("ai") else "kind"} <= set(m.columns)
+        frames.append(m)
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["family"].isin(["flux", "dalle", "sdxl", "ldm"]) | df["origin"].eq("human")]
+    key = df["family"].fillna(df["kind"])
+    df = df.groupby(key, group_keys=False).head(PER_GROUP).reset_index(drop=True)
+    vectors, ok, errors = embed_manifest(df, "clip-vit-b16", progress=False)
+    assert ok.all() and errors.empty
+    model = add_origin(ArtModel.load(default_model_dir()), vectors, df,
+                       {"candidates": [{"blocks": ["block9"], "weight_decay": 0.1}], "cap": None,
+                        "check": {"jpeg_quality": 70, "scale": 0.75}})
+    o = model.config["metrics"]["origin"]
+    held = set(o["operating_point"]["validation"])
+    assert {"ai:flux", "ai:dalle", "ai:sdxl", "ai:ldm", "human:pencil sketch"} <= held
+    assert model.task("family").labels == ["dalle", "flux", "ldm", "sdxl"]
+    model.save(tmp_path / "m")
+    results = Predictor(tmp_path / "m").predict_paths(list(df["path"][:6]) + [str(tmp_path / "missing.jpg")])
+    assert results[-1]["error"] and not results[-1]["tasks"]  # a bad file is one row, the rest answered
+    for r in results[:-1]:
+        o = r["tasks"]["origin"]
+        assert o["label"] in ("ai", "human", "unsure")
+        assert ("reason" in o) == o["unsure"]
+        assert ("family" in o) == (o["top"][0]["label"] == "ai")
