@@ -163,7 +163,7 @@ def origin_card(o: dict, model) -> list[str]:
     band = model.task("origin").band or {}
     lines = ["", "## Origin: each family and each human kind held out in turn", "",
              f"Features and weight decay (`{o['recipe']}`) chosen on these out-of-group numbers: the held-out",
-             f"families called AI at the band's `accept` threshold (group-balanced out-of-group ROC AUC",
+             "families called AI at the band's `accept` threshold (group-balanced out-of-group ROC AUC",
              f"{o['auc_out_of_group']:.3f}). Each row: the group left out of training, scored by a head that never saw it.",
              f"`called AI` at the shipped band (P(ai) >= {band.get('accept', 0):.4f}; `human` at <=",
              f"{band.get('reject', 0):.4f}; `unsure` between), and at P >= 0.5 for comparison:", "",

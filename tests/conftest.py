@@ -62,3 +62,14 @@ def image_factory(tmp_path):
         return make_image(tmp_path / rel, **kw)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def clip_weights():
+    """Skip where the offline CLIP weights are not installed."""
+    from artlens.models.weights import MissingWeightsError, resolve_weights
+
+    try:
+        resolve_weights("clip-vit-b16")
+    except MissingWeightsError as exc:
+        pytest.skip(str(exc))

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from artlens.models.weights import MissingWeightsError, resolve_weights
-
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "artlens" / "examples"
@@ -53,11 +51,7 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def predictions():
-    try:
-        resolve_weights("clip-vit-b16")
-    except MissingWeightsError as exc:
-        pytest.skip(str(exc))
+def predictions(clip_weights):
     from artlens.predict import Predictor
 
     paths = sorted(EXAMPLES.glob("*.jpg"))

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-
-from artlens.models.weights import MissingWeightsError, resolve_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PER_GROUP = 12
 
 
-@pytest.fixture(scope="module")
-def clip_ready():
-    try:
-        resolve_weights("clip-vit-b16")
-    except MissingWeightsError as exc:
-        pytest.skip(str(exc))
-
-
-def test_origin_end_to_end_on_shared_slice(shared_datasets, clip_ready, tmp_path):
+def test_origin_end_to_end_on_shared_slice(shared_datasets, clip_weights, tmp_path):
     from artlens import default_model_dir
     from artlens.data.manifest import scan
     from artlens.embed import embed_manifest

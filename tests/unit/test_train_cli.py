@@ -133,3 +133,37 @@ def test_files_the_encoder_rejects_after_the_scan_are_reported_and_exit_2(tmp_pa
     assert res.exit_code == 2, res.output
     assert json.loads(res.stdout)["unreadable_files"] == 1
     assert f"{victim['path']}: corrupt image data (test)" in res.stderr
+
+
+def test_train_with_origin_by_groups_replaces_the_probe_head(tmp_path, fake_embeddings):
+    """A recipe with `origin.enabled`: the probe's origin head is replaced by the group-trained one
+    (band + family), its split metrics are dropped, and the held-out table is printed."""
+    import pandas as pd
+
+    from artlens.models.artmodel import ArtModel
+    from tests.conftest import make_image
+
+    rows = []
+    groups = {("ai", "flux", None): (220, 40, 40), ("ai", "sdxl", None): (200, 60, 90),
+              ("human", None, "sketch"): (40, 40, 220), ("human", None, "photo"): (60, 90, 200)}
+    for n, ((origin, family, kind), color) in enumerate(groups.items()):
+        for i in range(12):
+            make_image(tmp_path / "data" / "images" / f"{n}_{i}.png", size=(24, 24), color=color, seed=100 * n + i)
+            rows.append({"file": f"images/{n}_{i}.png", "origin": origin, "family": family, "kind": kind})
+    manifest = tmp_path / "data"  # a folder with metadata.csv: the metadata_csv layout
+    pd.DataFrame(rows).to_csv(manifest / "metadata.csv", index=False)
+    out = tmp_path / "model"
+    res = CliRunner().invoke(app, [
+        "train", "--mode", "probe", "--data", str(manifest), "--tasks", "origin", "--out", str(out),
+        "--set", "probe.candidates=[{type: linear, weight_decay: 0.01}]", "--set", "origin.enabled=true",
+        "--set", "origin.cap=null", "--set", "origin.candidates=[{blocks: [all], weight_decay: 0.01}]",
+    ])
+    assert res.exit_code == 0, res.output
+    assert "each group held out in turn" in res.output and "human:sketch" in res.output
+    model = ArtModel.load(out)
+    assert model.task("origin").band and model.task("family").labels == ["flux", "sdxl"]
+    metrics = model.config["metrics"]
+    assert "origin" not in metrics.get("test", {}) and set(metrics["origin"]["operating_point"]["validation"]) == {
+        "ai:flux", "ai:sdxl", "human:sketch", "human:photo"}
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert "origin" in on_disk and "origin" not in on_disk.get("test", {})

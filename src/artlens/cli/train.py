@@ -130,9 +130,11 @@ def train(
                    "unreadable_files": failed, "kept_out": getattr(prepared, "kept_out", {})}
         sys.stdout.write(json.dumps(payload, indent=2, default=float) + "\n")
     else:
-        from artlens.train.export import summary_table
+        from artlens.train.export import origin_table, summary_table
 
         Console().print(summary_table(result, title=f"artlens train: {cfg['name']} ({cfg['mode']})"))
+        if (origin := origin_table(result.get("metrics", {}).get("origin"))) is not None:
+            Console().print(origin)
         Console().print(f"model saved to [bold]{shown(result['model_dir'])}[/bold]", highlight=False, soft_wrap=True)
     if failed:
         for path, reason in unreadable:  # every one, one line each

@@ -69,6 +69,8 @@ def compact(metrics: dict) -> dict:
             out[part] = {k: {m: v[m] for m in _SUMMARY_KEYS if m in v} for k, v in tasks.items()}
         elif part == "selected":
             out[part] = tasks
+        elif part == "origin":  # trained by groups: its held-out numbers and band
+            out[part] = {k: tasks[k] for k in ("recipe", "auc_out_of_group", "operating_point", "family") if k in tasks}
     return out
 
 
@@ -131,6 +133,22 @@ def export_model(recipe: dict, tasks: list[dict], heads, logits, ys, out: Path, 
     task_cfgs, metrics = calibrate_and_score(tasks, logits, ys, recipe["calibration"])
     return save_run(recipe, task_cfgs, heads, metrics, out, mode=mode, spec=spec, preprocessing=preprocessing,
                     backbone_state=backbone_state, prepared=prepared, extra=extra)
+
+
+def origin_table(origin: dict):
+    """A Rich table of origin's held-out groups (artlens.train.origin), or None."""
+    from rich.table import Table
+
+    op = (origin or {}).get("operating_point")
+    if not op:
+        return None
+    table = Table(title=f"origin, each group held out in turn: ai at P >= {op['accept']:.4f}, "
+                        f"human at <= {op['reject']:.4f} (AUC {origin.get('auc_out_of_group', 0):.3f})")
+    for col in ("held-out group", "n", "called AI", "unsure"):
+        table.add_column(col, justify="left" if col == "held-out group" else "right")
+    for g, r in op["validation"].items():
+        table.add_row(g, str(r["n"]), f"{r['called_ai']:.3f}", f"{r['unsure']:.3f}")
+    return table
 
 
 def summary_table(result: dict, title: str = "artlens train"):

@@ -427,20 +427,34 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
     saved = save_run(recipe, result.tasks, result.heads, result.metrics, Path(out), mode="probe", spec=spec,
                      prepared=prepared, extra=extra, feature_dim=features.shape[1])
     if (recipe.get("origin") or {}).get("enabled"):
-        from artlens.models.artmodel import ArtModel
-        from artlens.train.origin import add_origin
-
-        model = add_origin(ArtModel.load(out), features, prepared.df, recipe["origin"])
-        model.save(out)
-        saved["metrics"] = {**saved["metrics"], "origin": model.config["metrics"]["origin"]}
-        saved["config"] = model.config
-        mpath = Path(out) / "metrics.json"
-        mpath.write_text(json.dumps({**json.loads(mpath.read_text()), "origin": saved["metrics"]["origin"]}, indent=2) + "\n")
+        _add_origin(recipe, out, features, prepared, saved)
     # Files the scan accepted but the encoder could not use: the caller reports them with the
     # scan's unreadable files (and exits "partial").
     saved["embed_errors"] = [] if embed_errors is None or not len(embed_errors) else [
         (str(a), str(b)) for a, b in embed_errors[["path", "reason"]].itertuples(index=False)]
     return saved
+
+
+def _add_origin(recipe: dict, out, features, prepared, saved: dict) -> None:
+    """Replace the probe's origin head (if any) by one trained by groups (artlens.train.origin);
+    the probe's split metrics for origin describe a head that is gone, so they go too."""
+    from pathlib import Path
+
+    from artlens.models.artmodel import ArtModel
+    from artlens.train.origin import add_origin
+
+    model = add_origin(ArtModel.load(out), features, prepared.df, recipe["origin"])
+    for m in (saved["metrics"], model.config.get("metrics") or {}):
+        for part in ("train", "val", "test", "selected"):
+            (m.get(part) or {}).pop("origin", None)
+    model.save(out)
+    saved["metrics"]["origin"] = model.config["metrics"]["origin"]
+    saved["config"] = model.config
+    path = Path(out) / "metrics.json"
+    on_disk = json.loads(path.read_text())
+    for part in ("train", "val", "test", "selected"):
+        (on_disk.get(part) or {}).pop("origin", None)
+    path.write_text(json.dumps({**on_disk, "origin": saved["metrics"]["origin"]}, indent=2) + "\n")
 
 
 def _spec(name: str):
