@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     df = prepared.df
     wikiart = df[(df["origin"] == "human") & df["style"].notna()].reset_index(drop=True)
     if "artist" not in wikiart.columns or wikiart["artist"].isna().all():
-        from artlens.train.artist import artist_labels
+        from artlens.data.taxonomy import artist_labels
 
         wikiart["artist"] = artist_labels(wikiart)
     model, art = with_artist_task(model, wikiart, min_per_class=args.min_per_class, seed=int(recipe["seed"]))

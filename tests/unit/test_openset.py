@@ -8,6 +8,7 @@ import pytest
 
 from artlens.models.artmodel import ArtModel
 from artlens.predict import Predictor, _open_set_reject
+from artlens.data.taxonomy import artist_display_name, wikiart_name_fields
 from artlens.train import openset
 from artlens.train.artist import (
     FOLD_COL,
@@ -15,11 +16,9 @@ from artlens.train.artist import (
     ROLE_COL,
     SPLIT_COL,
     add_artist_task,
-    artist_from_filename,
     background_classes,
     crossfit_folds,
     open_set_split,
-    slug_to_name,
     train_artist_task,
 )
 
@@ -54,11 +53,11 @@ def trained():
 
 # ----------------------------------------------------------------------------- labels and split
 def test_slug_names_and_file_names():
-    assert slug_to_name("claude-monet") == "Claude Monet"
-    assert slug_to_name("vincent-van-gogh") == "Vincent van Gogh"
-    assert slug_to_name("rembrandt") == "Rembrandt"
-    assert artist_from_filename("/x/Impressionism/claude-monet_water-lilies-1916.jpg") == "claude-monet"
-    assert artist_from_filename("/x/untitled.jpg") is None
+    assert artist_display_name("claude-monet") == "Claude Monet"
+    assert artist_display_name("vincent-van-gogh") == "Vincent van Gogh"
+    assert artist_display_name("rembrandt") == "Rembrandt"
+    assert wikiart_name_fields(["/x/Impressionism/claude-monet_water-lilies-1916.jpg", "/x/untitled.jpg"],
+                               "artist") == ["claude-monet", None]
 
 
 def test_split_holds_out_whole_artists_and_counts_duplicates_once():

@@ -328,3 +328,24 @@ def artist_styles_from_artgan(labels_dir: str | Path) -> dict[str, str]:
     return {
         artist: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for artist, c in sorted(counts.items())
     }
+
+
+def wikiart_name_fields(paths, field_name: str) -> list:
+    """One field (`artist` slug, `title`) of WikiArt file names `<artist-slug>_<title>.jpg`, None
+    where a name does not follow the pattern."""
+    from artlens.data.sources import labels_from_names
+
+    parsed = labels_from_names([str(p) for p in paths], "wikiart")
+    return [v if isinstance(v, str) else None for v in parsed[field_name]]
+
+
+def artist_labels(df, column: str = "artist"):
+    """Display names per row: the manifest column when it has any value, else WikiArt file names."""
+    import numpy as np
+
+    if column in df.columns and df[column].notna().any():
+        raw = list(df[column])
+    else:
+        raw = wikiart_name_fields(df["path"], "artist")
+    names = {v: artist_display_name(v) for v in set(raw) if isinstance(v, str)}
+    return np.array([names.get(v) if isinstance(v, str) else None for v in raw], dtype=object)

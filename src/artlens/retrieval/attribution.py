@@ -89,7 +89,7 @@ class Attributor:
         if not isinstance(index, FaissIndex):
             index = FaissIndex.load(index)
         self.index = index
-        from artlens.train.artist import artist_labels
+        from artlens.data.taxonomy import artist_labels
 
         names = artist_labels(index.rows, column)  # the column, else WikiArt file names
         if not any(isinstance(n, str) for n in names):

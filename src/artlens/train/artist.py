@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from artlens import metrics as M
+from artlens.data.taxonomy import artist_labels, wikiart_name_fields
 from artlens.train import openset
 
 log = logging.getLogger(__name__)
@@ -59,38 +60,6 @@ VALIDATION = ("crossfit", "holdout")
 # A kept-out artist with this many paintings in the cross-fitting pool gets a background class of its
 # own (`background_classes`); on WikiArt 3 and 5 gave the same open-set numbers, 5 trains faster.
 BACKGROUND_MIN_PAINTINGS = 5
-
-
-# ----------------------------------------------------------------------------- labels
-def slug_to_name(slug: str) -> str | None:
-    """`claude-monet` -> `Claude Monet` (the data package's canonical conversion; idempotent)."""
-    from artlens.data.taxonomy import artist_display_name
-
-    return artist_display_name(slug)
-
-
-def _from_names(paths, field_name: str) -> list:
-    from artlens.data.sources import labels_from_names
-
-    parsed = labels_from_names([str(p) for p in paths], "wikiart")
-    return [v if isinstance(v, str) else None for v in parsed[field_name]]
-
-
-def artist_from_filename(path: str) -> str | None:
-    """The artist slug of a WikiArt file name (`claude-monet_water-lilies-1916.jpg`), or None."""
-    return _from_names([path], "artist")[0]
-
-
-def artist_labels(df, column: str = "artist") -> np.ndarray:
-    """Display names per row: the manifest column when it has any value, else WikiArt file names."""
-    from artlens.data.taxonomy import artist_display_name
-
-    if column in df.columns and df[column].notna().any():
-        raw = list(df[column])
-    else:
-        raw = _from_names(df["path"], "artist")
-    names = {v: artist_display_name(v) for v in set(raw) if isinstance(v, str)}
-    return np.array([names.get(v) if isinstance(v, str) else None for v in raw], dtype=object)
 
 
 # ----------------------------------------------------------------------------- split
@@ -147,7 +116,7 @@ def open_set_split(
         if c in df.columns:
             f[c] = df[c].to_numpy()
     if "title" not in f.columns:
-        f["title"] = [t.replace("-", " ") if t else None for t in _from_names(f["path"], "title")]
+        f["title"] = [t.replace("-", " ") if t else None for t in wikiart_name_fields(f["path"], "title")]
     keep = np.array(f["artist_label"].notna(), dtype=bool)
     if human_only and "origin" in df.columns:
         keep &= (df["origin"].astype(str).str.lower() != "ai").to_numpy()
