@@ -9,7 +9,8 @@ the rest scores it (artlens.train.origin.leave_one_group_out). Printed per group
 - new: the recipe's choice (features and weight decay chosen on these same out-of-group numbers),
   at P >= 0.5 and with its band (P >= accept: `ai`; between reject and accept: `unsure`).
 Then the same for each WikiArt style held out on its own (a new kind of painting, other painting
-styles still in training), and the group-balanced out-of-group ROC AUC of both.
+styles still in training), the group-balanced out-of-group ROC AUC of both, and AI images of
+artists held out (seen families, new content: 5 artist-grouped folds).
 Needs ../shared/datasets; embeddings come from the shared cache (first run: ~20 min to embed).
 """
 
@@ -109,12 +110,43 @@ def main(argv=None) -> int:
         summary["styles"] = {"old@0.5_mean": _mean(so, held), "new@0.5_mean": _mean(sn, held),
                              "new_band_mean": _mean(band_rates, held), "new_band_max": _max(band_rates, held)}
         print("styles    " + ", ".join(f"{a} {b}" for a, b in summary["styles"].items()))
+    # Seen families, unseen artists: AI images whose `artist` is held out (5 artist-grouped folds).
+    art = df["artist"].fillna("").astype(str).to_numpy() if "artist" in df else np.full(len(df), "")
+    if np.sum(is_ai & (art != "")) >= 50:
+        ua = unseen_artist_recall(Z, is_ai, groups, art, new, op["accept"], args.cap)
+        print("\nAI images of artists held out (5 artist-grouped folds): share called AI")
+        for g, r in ua.items():
+            print(f"{g:30s} n {r['n']:5d}  at 0.5 {r['at_0.5']:.3f}  band `ai` {r['band_ai']:.3f}")
+        summary["unseen_artists"] = ua
     print(f"\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.json:
         out = {"recipe_chosen": new, "candidates": [{k: v for k, v in c.items() if k != "table"} for c in candidates], "operating_point": op, "summary": summary,
                "old_at_0.5": r_old, "new_at_0.5": r_new}
         args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
     return 0
+
+
+def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap) -> dict:
+    from sklearn.model_selection import GroupKFold
+
+    from artlens.train.origin import block_mask, fit_binary, group_weights
+
+    rng = np.random.default_rng(0)
+    cols = block_mask(Z.shape[1], recipe["blocks"])
+    idx = np.nonzero(is_ai & (art != ""))[0]
+    z = np.full(len(groups), np.nan)
+    for _, te_i in GroupKFold(5).split(idx, groups=art[idx]):
+        te = np.zeros(len(groups), bool)
+        te[idx[te_i]] = True
+        use = np.zeros(len(groups), bool)
+        for g in set(groups[~te]):
+            use[rng.permutation(np.nonzero(~te & (groups == g))[0])[:cap]] = True
+        w, b = fit_binary(Z[use], is_ai[use], group_weights(groups[use], is_ai[use]), recipe["weight_decay"], cols)
+        z[te] = Z[te] @ w + b
+    z_acc = np.log(accept / (1 - accept)) if accept < 1 else np.inf
+    return {g: {"n": int(np.sum(m)), "at_0.5": round(float(np.mean(z[m] >= 0)), 4),
+                "band_ai": round(float(np.mean(z[m] >= z_acc)), 4)}
+            for g in sorted(set(groups[idx])) for m in [(groups == g) & (art != "") & is_ai]}
 
 
 def _mean(r: dict, keys) -> float:
