@@ -116,7 +116,7 @@ class Predictor:
             k = min(self.top_k, len(t.labels))
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             unknown = _open_set_reject(self.model, t, features, logits[t.name], probs)
-            banded = self.model.band_decision(t.name, probs)[0] if t.band else None
+            banded, p_band = self.model.band_decision(t.name, probs) if t.band else (None, None)
             for i in range(len(features)):
                 top = [{"label": t.labels[j], "prob": round(float(probs[i, j]), 4)} for j in order[i]]
                 res: dict[str, Any]
@@ -127,7 +127,8 @@ class Predictor:
                         label = banded[i]
                     res = {"label": label or UNSURE, "unsure": label is None, "top": top}
                     if label is None:
-                        res["reason"] = "weak evidence: between the thresholds for either answer"
+                        res["reason"] = (f"weak evidence: P({t.band['label']}) {p_band[i]:.2f}, between "
+                                         f"{t.band['reject']:.2f} and {t.band['accept']:.3f}")
                 else:
                     unsure = bool(probs[i, order[i, 0]] < self.thresholds[t.name])
                     if unknown is not None and unknown[i]:

@@ -128,7 +128,7 @@ def test_cli_shows_origin_family_and_reason(tmp_path, monkeypatch):
     green = next(line for line in lines if "green.png" in line)
     assert re.search(r"ai 100% \(family: flux 8\d%, sdxl 1\d%\)", green), green
     olive = next(line for line in lines if "olive.png" in line)
-    assert "unsure (ai 69%): weak evidence: between the thresholds for either answer" in olive, olive
+    assert "unsure (ai 69%): weak evidence: P(ai) 0.69, between 0.20 and 0.900" in olive, olive
     assert "family" not in olive  # no family line for an answer that is not "ai"
     red = next(line for line in lines if "red.png" in line)
     assert "human 100%" in red and "family" not in red
