@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     print(f"{len(df)} images, {len(set(groups))} groups, embedded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     ocfg = recipe["origin"]
-    new, candidates = select_recipe(Z, is_ai, groups, ocfg.get("candidates"), max_fpr=float(ocfg["max_fpr"]), cap=args.cap)
+    new, candidates, v_new = select_recipe(Z, is_ai, groups, ocfg.get("candidates"), max_fpr=float(ocfg["max_fpr"]),
+                                           cap=args.cap)
     v_old = leave_one_group_out(Z, is_ai, groups, OLD, cap=args.cap)
-    v_new = leave_one_group_out(Z, is_ai, groups, new, cap=args.cap)
     reject = ocfg.get("reject")
     op = operating_point(v_new, float(ocfg["max_fpr"]), float(ocfg["max_unsure"]),
                          reject=None if reject is None else float(reject))

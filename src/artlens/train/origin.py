@@ -4,8 +4,8 @@ A probe fitted on whatever human and AI images are at hand learns their content 
 painting = AI") and calls every new kind of human work AI. So origin is trained and judged here
 by groups, never by a random split:
 
-- Rows are grouped: AI rows by generator family (`ai:flux`), human rows by kind (`human:sketch`,
-  or a WikiArt style). Each group weighs the same within its class, so one large source (FLUX's
+- Rows are grouped: AI rows by generator family (`ai:flux`), human rows by kind (`human:pencil
+  sketch`; the manifest's `kind` column, which a recipe can set per source). Each group weighs the same within its class, so one large source (FLUX's
   tiles, WikiArt) does not stand for its class.
 - Leave-one-group-out: each family and each human kind is held out in turn and scored by a head
   that never saw it. These out-of-group scores choose the features and weight decay
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 # CLIP ViT-B/16 features: the image embedding, then the mean patch tokens of blocks 5, 7, 9
 # (artlens.models.clip.clip_features). Other backbones: `all`.
 CLIP_BLOCKS = {"embedding": (0, 512), "block5": (512, 1280), "block7": (1280, 2048), "block9": (2048, 2816)}
-DEFAULT_RECIPE = {"blocks": ["block9"], "weight_decay": 1e-2}
 DEFAULT_CANDIDATES = [
     {"blocks": ["all"], "weight_decay": 1e-2},
     {"blocks": ["embedding"], "weight_decay": 1e-2},
@@ -180,13 +179,14 @@ def leave_one_group_out(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, re
 
 
 def select_recipe(Z, is_ai, groups, candidates: list[dict] | None = None, max_fpr: float = 0.02,
-                  **kw) -> tuple[dict, list[dict]]:
+                  **kw) -> tuple[dict, list[dict], GroupValidation]:
     """The candidate whose held-out families are most often called AI at its own operating point
     (at most `max_fpr` of each held-out human kind called AI); ties go to the out-of-group AUC.
-    Returns the recipe and every candidate's numbers."""
-    results = []
+    Returns the recipe, every candidate's numbers and the chosen one's validation."""
+    results, runs = [], []
     for c in candidates or DEFAULT_CANDIDATES:
         v = leave_one_group_out(Z, is_ai, groups, c, **kw)
+        runs.append(v)
         fpr = [r["called_ai"] for g, r in v.table.items() if g.startswith("human:")]
         rec = [r["called_ai"] for g, r in v.table.items() if g.startswith("ai:")]
         op = operating_point(v, max_fpr=max_fpr, reject=0.5)
@@ -196,8 +196,8 @@ def select_recipe(Z, is_ai, groups, candidates: list[dict] | None = None, max_fp
                         "accept": op["accept"], "mean_ai_recall_at_accept": round(float(np.mean(rec_op)), 4),
                         "table": v.table})
         log.info("origin candidate %s: %s", c, {k: v_ for k, v_ in results[-1].items() if k != "table"})
-    best = max(results, key=lambda r: (r["mean_ai_recall_at_accept"], r["auc"]))
-    return best["recipe"], results
+    best = max(range(len(results)), key=lambda i: (results[i]["mean_ai_recall_at_accept"], results[i]["auc"]))
+    return results[best]["recipe"], results, runs[best]
 
 
 def operating_point(v: GroupValidation, max_fpr: float = 0.02, max_unsure: float = 0.2,
@@ -290,8 +290,7 @@ def add_origin(model, X: np.ndarray, df, cfg: dict, progress=None):
     is_ai = np.char.startswith(groups, "ai:")
     kw = {"cap": cfg.get("cap", 1500), "progress": progress}
     max_fpr = float(cfg.get("max_fpr", 0.02))
-    recipe, candidates = select_recipe(Z, is_ai, groups, cfg.get("candidates"), max_fpr=max_fpr, **kw)
-    v = leave_one_group_out(Z, is_ai, groups, recipe, **kw)  # the same fits as the winner's: seeded
+    recipe, candidates, v = select_recipe(Z, is_ai, groups, cfg.get("candidates"), max_fpr=max_fpr, **kw)
     reject = cfg.get("reject", 0.5)
     op = operating_point(v, max_fpr, float(cfg.get("max_unsure", 0.2)), reject=None if reject is None else float(reject))
     w, b = fit_binary(Z, is_ai, group_weights(groups, is_ai), recipe["weight_decay"],
