@@ -28,7 +28,8 @@ MANIFEST_SUFFIXES = {".parquet", ".csv"}
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Images as given; folders walked recursively (sorted, hidden files skipped); manifests read.
+    """Images as given; folders walked recursively (sorted, hidden files skipped, folder links
+    followed once each); manifests read.
 
     Paths that do not exist are kept so the predictor reports them as errors in order.
     """
@@ -36,13 +37,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = []
-            for root, dirs, files in os.walk(p, followlinks=False):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(files):
-                    if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
-                        found.append(str(Path(root) / f))
-            out.extend(found)
+            from artlens.data.walk import walk_files
+
+            # Folder links are followed; loops and folders reached twice are skipped, named on stderr.
+            found = walk_files(p, keep=lambda f: Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            out.extend(str(f) for f in found)
         elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
             import pandas as pd
 

@@ -29,7 +29,10 @@ def _load_source(source: Path, layout: str | None, progress: bool = False):
             res = scan(source, layout=layout, progress=progress)
             return res.manifest, res.errors
         # Without the manifest module: every image file below the folder (hashes computed later).
-        files = sorted(str(p.resolve()) for p in source.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        from artlens.data.walk import walk_files
+
+        keep = lambda name: Path(name).suffix.lower() in _IMAGE_SUFFIXES  # noqa: E731
+        files = sorted(str(p.resolve()) for p in walk_files(source, keep=keep) if p.is_file())
         return pd.DataFrame({"path": files}), None
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")

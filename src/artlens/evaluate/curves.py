@@ -19,7 +19,9 @@ def find_metrics_csv(path: str | os.PathLike) -> Path | None:
         return p
     if not p.is_dir():
         return None
-    found = [q for q in p.rglob("metrics.csv") if q.is_file()]
+    from artlens.data.walk import walk_files
+
+    found = [q for q in walk_files(p, keep=lambda name: name == "metrics.csv") if q.is_file()]
     return max(found, key=lambda q: (q.stat().st_mtime, str(q))) if found else None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from artlens.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS
+from artlens.data.walk import collect_skipped, printable_path, walk_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,7 +97,10 @@ def read_source(root: str | Path, layout: str | None = None, **options) -> tuple
         raise SourceError(f"layout {adapter.name} has no option(s) {unknown}; it accepts: {accepted}")
     if not root.exists():
         raise SourceError(f"{root}: no such file or directory")
-    frame = adapter.read(Path(os.path.abspath(root)), **options)
+    with collect_skipped() as skipped:
+        frame = adapter.read(Path(os.path.abspath(root)), **options)
+    if skipped:  # folder links not followed: named in the scan's notes
+        frame.attrs["notes"] = list(frame.attrs.get("notes", [])) + skipped
     if "path" not in frame.columns:
         raise SourceError(f"layout {adapter.name} returned no path column")
     return frame, adapter
@@ -114,26 +118,21 @@ def is_image_name(name: str) -> bool:
 
 
 def walk_images(root: Path, *, errors: list[tuple[str, str]] | None = None) -> list[Path]:
-    """Image files under `root` (sorted, hidden entries skipped, links not followed into dirs).
+    """Image files under `root` (sorted, hidden entries skipped, folder links followed once each:
+    see `artlens.data.walk`).
 
     Directories that cannot be listed are appended to `errors` as (path, reason).
     """
-
-    def onerror(exc: OSError) -> None:
-        if errors is not None:
-            errors.append((printable_path(str(exc.filename or root)), f"cannot list directory ({exc.strerror or exc})"))
-
+    walk_errors: list[tuple[str, str]] = []
+    files = walk_files(root, keep=is_image_name, errors=walk_errors)
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if not is_image_name(f):
-                continue
-            path = os.path.join(dirpath, f)
-            if _utf8(path):
-                found.append(Path(path))
-            elif errors is not None:  # Parquet, JSON and pandas strings need valid UTF-8
-                errors.append((printable_path(path), "file name is not valid UTF-8 (rename the file)"))
+    for path in files:
+        if _utf8(str(path)):
+            found.append(path)
+        elif errors is not None:  # Parquet, JSON and pandas strings need valid UTF-8
+            errors.append((printable_path(str(path)), "file name is not valid UTF-8 (rename the file)"))
+    if errors is not None:
+        errors.extend((printable_path(path), reason) for path, reason in walk_errors)
     return found
 
 
@@ -143,11 +142,6 @@ def _utf8(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
-
-
-def printable_path(path: str) -> str:
-    """A path whose undecodable bytes (surrogate escapes) are shown as U+FFFD."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def records_frame(rows: Iterable[dict], errors: Iterable[tuple[str, str]] = ()) -> pd.DataFrame:
