@@ -49,16 +49,16 @@ class Prepared:
 
 # ----------------------------------------------------------------------------- reading
 def _folder_signature(root: Path) -> str:
+    """The folder's files (through symlinked folders too, as the scan sees them), sizes and times."""
+    from artlens.data.walk import walk_files
+
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = os.path.join(dirpath, name)
-            try:
-                st = os.stat(p)
-            except OSError:
-                continue
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    for p in walk_files(root):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
