@@ -82,6 +82,31 @@ def _slug(backbone_id: str) -> str:
     return slug
 
 
+INFO_NAME = "backbone.json"
+_BACKBONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a registry name: no path parts
+
+
+def read_store_info(store_dir: str | os.PathLike) -> dict:
+    """A store folder's `backbone.json`, checked field by field; `StoreError` names the bad one."""
+    path = Path(store_dir) / INFO_NAME
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise StoreError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise StoreError(f"{path}: expected a JSON object")
+    bid = info.get("backbone_id")
+    if not isinstance(bid, str) or not bid.strip():
+        raise StoreError(f"{path}: field 'backbone_id' is not a non-empty string ({bid!r:.40})")
+    name = info.get("backbone")
+    if name is not None and not (isinstance(name, str) and _BACKBONE_NAME.match(name) and ".." not in name):
+        raise StoreError(f"{path}: field 'backbone' is not a backbone name ({name!r:.40})")
+    dim = info.get("dim")
+    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= 1 << 16):
+        raise StoreError(f"{path}: field 'dim' is not a positive integer ({dim!r:.40})")
+    return info
+
+
 def write_shard(path: Path, backbone_id: str, keys: np.ndarray, vectors: np.ndarray) -> None:
     """Atomically write one shard (keys: (N,32) uint8 digests, vectors: (N,dim) float32)."""
     from safetensors.numpy import save
@@ -121,8 +146,9 @@ def read_shard(path: Path, backbone_id: str) -> tuple[np.ndarray, np.ndarray]:
         raise StoreError(f"bad key array {keys.dtype} {keys.shape}")
     if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != len(keys):
         raise StoreError(f"bad vector array {vectors.dtype} {vectors.shape}")
-    if str(len(keys)) != meta.get("count") or str(vectors.shape[1]) != meta.get("dim"):
-        raise StoreError("count/dim do not match the metadata")
+    for field, actual in (("count", len(keys)), ("dim", vectors.shape[1])):
+        if str(actual) != meta.get(field):
+            raise StoreError(f"metadata field {field!r} ({meta.get(field)!r:.40}) does not match the data ({actual})")
     if _checksum(keys, vectors) != meta.get("checksum"):
         raise StoreError("checksum mismatch (corrupt data)")
     return keys, vectors
@@ -286,7 +312,7 @@ class EmbeddingStore:
     def _ensure_dir(self) -> None:
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, exist_ok=True)
-        info = self.dir / "backbone.json"
+        info = self.dir / INFO_NAME
         if not info.exists():
             atomic_write_text(info, json.dumps({"backbone_id": self.backbone_id, "backbone": self.backbone, "dim": self.dim}, indent=2) + "\n")
 

@@ -280,6 +280,8 @@ class ArtModel:
             config = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ModelFormatError(f"{cfg_path}: not valid JSON (nested too deeply)") from None
         if not isinstance(config, dict) or not isinstance(config.get("tasks"), list):
             raise ModelFormatError(f"{cfg_path}: expected an object with a list of tasks")
         try:
@@ -293,6 +295,24 @@ class ArtModel:
             raise ModelFormatError(f"{directory}: {exc}") from None
         except (TypeError, KeyError) as exc:
             raise ModelFormatError(f"{directory}: invalid config.json ({exc})") from None
+        except RecursionError:  # a deeply nested field, met by validation or an error message's repr
+            raise ModelFormatError(f"{cfg_path}: field {_deepest_field(config)!r} is nested too deeply") from None
+
+
+def _deepest_field(config: dict) -> str:
+    """The top-level key of `config` with the most deeply nested value (iterative: no recursion)."""
+    def depth(v) -> int:
+        deepest, stack = 0, [(v, 1)]
+        while stack:
+            v, d = stack.pop()
+            deepest = max(deepest, d)
+            if isinstance(v, dict):
+                stack.extend((x, d + 1) for x in v.values())
+            elif isinstance(v, list):
+                stack.extend((x, d + 1) for x in v)
+        return deepest
+
+    return max(config, key=lambda k: depth(config[k]), default="?")
 
 
 def _valid_band(task: str, band: Any, labels: list[str]) -> dict:

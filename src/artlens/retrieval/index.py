@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import struct
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,41 +196,45 @@ class FaissIndex:
         import pandas as pd
 
         directory = Path(directory)
-        if not (directory / META_NAME).is_file():
+        meta_path = directory / META_NAME
+        if not meta_path.is_file():
             raise RetrievalError(f"{directory}: not an index directory (no {META_NAME})")
         try:
-            meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RetrievalError(f"{directory / META_NAME}: not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise RetrievalError(f"{directory / META_NAME}: not an artlens index")
-        if int(meta.get("version", 0)) > VERSION:
-            raise RetrievalError(f"{directory}: index version {meta.get('version')} is newer than this artlens")
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise RetrievalError(f"{meta_path}: not valid JSON ({exc})") from None
+        _check_meta(meta, meta_path)
         for name in (INDEX_NAME, ROWS_NAME):
             if not (directory / name).is_file():
                 raise RetrievalError(f"{directory}: missing {name}")
         raw = {name: (directory / name).read_bytes() for name in (INDEX_NAME, ROWS_NAME)}
+        sums = meta.get("sha256")  # absent in indexes written before checksums were recorded
+
+        def check_sum(name: str) -> None:
+            if isinstance(sums, dict) and sums.get(name) != hashlib.sha256(raw[name]).hexdigest():
+                raise RetrievalError(
+                    f"{directory / name}: does not match {META_NAME} (written by an interrupted or "
+                    "concurrent `artlens index` run?); rebuild the index"
+                )
+
+        # The checksum and the FAISS header are checked before faiss parses the file: a crafted
+        # size field would otherwise make it allocate whatever the file claims.
+        check_sum(INDEX_NAME)
+        _check_faiss_layout(raw[INDEX_NAME], directory / INDEX_NAME, meta.get("dim"), meta["count"])
         try:
             index = faiss.deserialize_index(np.frombuffer(raw[INDEX_NAME], dtype=np.uint8))
-        except RuntimeError as exc:
-            raise RetrievalError(f"{directory / INDEX_NAME}: not a FAISS index ({str(exc).splitlines()[0]})") from None
+        except (RuntimeError, MemoryError) as exc:
+            raise RetrievalError(f"{directory / INDEX_NAME}: not a FAISS index ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         try:
             rows = pd.read_parquet(io.BytesIO(raw[ROWS_NAME]))
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise RetrievalError(f"{directory / ROWS_NAME}: unreadable ({exc})") from None
-        if index.ntotal != len(rows) or index.ntotal != int(meta.get("count", -1)):
+        if index.ntotal != len(rows) or index.ntotal != meta["count"]:
             raise RetrievalError(
                 f"{directory}: index has {index.ntotal} vectors, rows.parquet {len(rows)}, meta.json says "
                 f"{meta.get('count')} (written by two different runs?)"
             )
-        sums = meta.get("sha256")  # absent in indexes written before checksums were recorded
-        if isinstance(sums, dict):
-            for name, data in raw.items():
-                if sums.get(name) != hashlib.sha256(data).hexdigest():
-                    raise RetrievalError(
-                        f"{directory / name}: does not match {META_NAME} (written by an interrupted or "
-                        "concurrent `artlens index` run?); rebuild the index"
-                    )
+        check_sum(ROWS_NAME)
         if hasattr(index, "hnsw"):
             index.hnsw.efSearch = int(meta.get("hnsw", {}).get("efSearch", HNSW_EF_SEARCH))
         return cls(index, rows, meta)
@@ -332,6 +338,107 @@ def _rows_for_parquet(rows):
     return out
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a registry backbone name: no path parts
+_MAX_DIM = 1 << 16
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_meta(meta, path: Path) -> None:
+    """Refuse a meta.json whose fields have the wrong type or range, naming the field."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise RetrievalError(f"{path}: not an artlens index")
+
+    def bad(field: str, why: str):
+        raise RetrievalError(f"{path}: field {field!r} {why}")
+
+    version = meta.get("version", 0)
+    if not _is_int(version):
+        bad("version", f"is not an integer ({version!r:.40})")
+    if version > VERSION:
+        raise RetrievalError(f"{path.parent}: index version {version} is newer than this artlens")
+    count = meta.get("count")
+    if not _is_int(count) or count < 0:
+        bad("count", f"is not a non-negative integer ({count!r:.40})")
+    dim = meta.get("dim")
+    if dim is not None and (not _is_int(dim) or not 0 < dim <= _MAX_DIM):
+        bad("dim", f"is not an integer in 1..{_MAX_DIM} ({dim!r:.40})")
+    backbone = meta.get("backbone")
+    if backbone is not None and not (isinstance(backbone, str) and _NAME.match(backbone) and ".." not in backbone):
+        bad("backbone", f"is not a backbone name ({backbone!r:.40})")
+    for key in ("backbone_id", "kind"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            bad(key, "is not a string")
+    sums = meta.get("sha256")
+    if sums is not None and not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
+        bad("sha256", "is not an object of hex digests")
+    hnsw = meta.get("hnsw")
+    if hnsw is not None and not (isinstance(hnsw, dict) and _is_int(hnsw.get("efSearch", HNSW_EF_SEARCH))
+                                 and 0 < hnsw.get("efSearch", HNSW_EF_SEARCH) <= 1 << 16):
+        bad("hnsw", "needs an integer efSearch")
+
+
+class _Layout(Exception):
+    pass
+
+
+def _check_faiss_layout(data: bytes, path: Path, dim: int | None, count: int) -> None:
+    """Walk the serialised index types artlens writes (IndexFlatIP, IndexHNSWFlat) and check
+    every size field against the bytes actually there, and the header against meta.json."""
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(data):
+            raise _Layout(f"truncated at byte {pos} (needs {n} more, the file has {len(data)})")
+        pos += n
+        return data[pos - n:pos]
+
+    def vector(item: int, what: str) -> int:
+        (n,) = struct.unpack("<Q", take(8))
+        if n > (len(data) - pos) // item:
+            raise _Layout(f"{what} claims {n} items, more than the file's {len(data)} bytes hold")
+        take(n * item)
+        return n
+
+    def header() -> tuple[bytes, int]:
+        fourcc = take(4)
+        d, ntotal = struct.unpack("<iq", take(12))
+        take(17)  # two unused int64, is_trained
+        (metric,) = struct.unpack("<i", take(4))
+        if metric > 1:
+            take(4)  # metric_arg
+        if not 0 < d <= _MAX_DIM:
+            raise _Layout(f"header dimension {d} is out of range")
+        if dim is not None and d != dim:
+            raise _Layout(f"header dimension {d}, meta.json 'dim' says {dim}")
+        if ntotal != count:
+            raise _Layout(f"header count {ntotal}, meta.json 'count' says {count}")
+        return fourcc, d
+
+    def flat(d: int) -> None:
+        if vector(4, "vector data") != d * count:
+            raise _Layout(f"vector data is not {count} x {d} floats")
+
+    try:
+        fourcc, d = header()
+        if fourcc == b"IHNf":
+            for item, what in ((8, "assign_probas"), (4, "cum_nneighbor_per_level"), (4, "levels"),
+                               (8, "offsets"), (4, "neighbors")):
+                vector(item, f"HNSW {what}")
+            take(20)  # entry_point, max_level, efConstruction, efSearch, unused
+            fourcc, d = header()
+        if fourcc not in (b"IxFI", b"IxF2"):
+            raise _Layout(f"index type {fourcc!r} is not one artlens writes")
+        flat(d)
+        if pos != len(data):
+            raise _Layout(f"{len(data) - pos} bytes after the end of the index")
+    except (_Layout, struct.error) as exc:
+        raise RetrievalError(f"{path}: not a valid index file ({exc})") from None
+
+
 # --------------------------------------------------------------------------- building from data
 def index_embeddings(
     df,
@@ -367,12 +474,12 @@ def index_from_store(store_dir: str | Path, df, backbone: str | None = None, kin
     """Index the manifest rows whose vectors an existing store directory already holds (no model
     is loaded). Returns `(FaissIndex, missing_rows)`."""
     from artlens.embed import EmbeddingStore
+    from artlens.embed.store import INFO_NAME, read_store_info
 
     store_dir = Path(store_dir)
-    info_path = store_dir / "backbone.json"
-    if not info_path.is_file():
-        raise RetrievalError(f"{store_dir}: not an embedding store (no backbone.json)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if not (store_dir / INFO_NAME).is_file():
+        raise RetrievalError(f"{store_dir}: not an embedding store (no {INFO_NAME})")
+    info = read_store_info(store_dir)
     backbone_id = info["backbone_id"]
     store = EmbeddingStore(store_dir.parent, backbone_id)
     if store.dir.resolve() != store_dir.resolve():

@@ -496,6 +496,57 @@ def build_trainer(recipe: dict, out: Path, *, extra_callbacks=(), monitor_mode: 
     return L.Trainer(**kwargs)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is unreadable or not a Lightning checkpoint of this trainer."""
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    # torch's message is mostly advice to retry with weights_only=False, which would run the
+    # file's code: keep only the line that says what was refused.
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line.startswith("Trying to load unsupported") or "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:")[-1].strip()[:200]
+    return "it holds objects other than tensors and plain data"
+
+
+def check_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint as `weights_only=True` (memory-mapped: tensors are not read) and check
+    the fields a resume needs; `CheckpointError` otherwise, one line naming the file."""
+    import pickle
+    import zipfile
+
+    def bad(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid checkpoint ({reason})")
+
+    try:
+        if not zipfile.is_zipfile(path):
+            raise bad("not a torch.save archive")
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise bad(_unpickling_reason(exc)) from None
+    except (RecursionError, MemoryError) as exc:
+        raise bad(f"{type(exc).__name__}") from None
+    except Exception as exc:  # torch and zipfile raise many types for damaged archives
+        raise bad(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+    if not isinstance(ckpt, dict):
+        raise bad(f"holds a {type(ckpt).__name__}, not a dict")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise bad("field 'state_dict' is missing or not a dict")
+    for field in ("epoch", "global_step"):
+        if not isinstance(ckpt.get(field), int) or isinstance(ckpt.get(field), bool) or ckpt[field] < 0:
+            raise bad(f"field {field!r} is missing or not a non-negative integer")
+    info = ckpt.get("artlens", "{}") or "{}"
+    try:
+        if not isinstance(info, str) or not isinstance(json.loads(info), dict):
+            raise ValueError
+    except (ValueError, RecursionError):
+        raise bad("field 'artlens' is not a JSON object") from None
+    return ckpt
+
+
 def load_checkpoint_state(path: str | Path) -> dict:
     """The model weights of a Lightning checkpoint, unpickled with `weights_only=True`."""
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -514,6 +565,8 @@ def run_finetune(recipe: dict, out: Path, *, resume: bool = False, prepared=None
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from ({last} does not exist)")
+    if resume:
+        check_checkpoint(last)  # before Lightning loads it: its errors are tracebacks
     if not resume and last.is_file():
         raise FileExistsError(f"{out} already holds a run ({last}); continue it with --resume or choose another --out")
     prepared = prepared or prepare(recipe)
