@@ -139,7 +139,7 @@ def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap) -> dict:
         te = np.zeros(len(groups), bool)
         te[idx[te_i]] = True
         use = np.zeros(len(groups), bool)
-        for g in set(groups[~te]):
+        for g in sorted(set(groups[~te])):
             use[rng.permutation(np.nonzero(~te & (groups == g))[0])[:cap]] = True
         w, b = fit_binary(Z[use], is_ai[use], group_weights(groups[use], is_ai[use]), recipe["weight_decay"], cols)
         z[te] = Z[te] @ w + b

@@ -178,7 +178,7 @@ def origin_card(o: dict, model) -> list[str]:
     fam = o.get("family")
     if fam:
         lines += ["", f"Family head: {len(fam['counts'])} families, out-of-fold accuracy {fam['oof_accuracy']:.3f},",
-                  f"macro-F1 {fam['oof_macro_f1']:.3f} (5 stratified folds over the AI images)."]
+                  f"macro-F1 {fam['oof_macro_f1']:.3f} ({fam.get('folds', '5 stratified folds')} over the AI images)."]
     return lines + [""]
 
 

@@ -157,7 +157,7 @@ def leave_one_group_out(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, re
     use = np.ones(len(groups), bool)
     if cap:
         use[:] = False
-        for g in set(groups):
+        for g in sorted(set(groups)):
             idx = np.nonzero(groups == g)[0]
             use[rng.permutation(idx)[:cap]] = True
     cols = block_mask(Z.shape[1], recipe["blocks"])
@@ -242,10 +242,13 @@ def operating_point(v: GroupValidation, max_fpr: float = 0.02, max_unsure: float
 
 
 def fit_family(Z: np.ndarray, families: np.ndarray, weight_decay: float = 1e-2, folds: int = 5,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, content: np.ndarray | None = None) -> dict[str, Any]:
     """Multinomial head over AI rows' families (`unknown` left out): weights, bias, labels, a
-    temperature fitted on out-of-fold logits, and the out-of-fold macro-F1 / accuracy."""
-    from sklearn.model_selection import StratifiedKFold
+    temperature fitted on out-of-fold logits, and the out-of-fold macro-F1 / accuracy.
+
+    `content` (per row: the prompt or imitated artist) keeps one content on one side of every
+    fold, so the tiles of one prompt do not vouch for each other."""
+    from sklearn.model_selection import StratifiedGroupKFold
 
     from artlens.train.calibrate import fit_temperature
     from artlens.train.probe import _logits, fit_linear
@@ -258,7 +261,9 @@ def fit_family(Z: np.ndarray, families: np.ndarray, weight_decay: float = 1e-2, 
     y = np.array([labels.index(f) for f in families[keep]])
     X = Z[keep]
     oof = np.zeros((len(y), len(labels)), np.float32)
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+    groups = np.arange(len(y)) if content is None else np.asarray(
+        [c if isinstance(c, str) and c else f"#{i}" for i, c in enumerate(content[keep])], dtype=object)
+    for tr, te in StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(X, y, groups):
         head = fit_linear(X[tr], y[tr], len(labels), weight_decay, class_weight="balanced")
         oof[te] = _logits(head, X[te])
     temperature = fit_temperature(oof, y)
@@ -269,6 +274,7 @@ def fit_family(Z: np.ndarray, families: np.ndarray, weight_decay: float = 1e-2, 
         "labels": labels, "weight": lin.weight.detach().numpy().astype(np.float32),
         "bias": lin.bias.detach().numpy().astype(np.float32), "temperature": float(temperature),
         "metrics": {"n": int(len(y)), "counts": {lab: counts[lab] for lab in labels},
+                    "folds": f"{folds} stratified folds" + ("" if content is None else ", grouped by prompt / artist"),
                     "oof_accuracy": round(float(np.mean(pred == y)), 4),
                     "oof_macro_f1": round(float(macro_f1(y, pred)), 4),
                     "oof_mean_top_prob": round(float(softmax(oof / temperature).max(1).mean()), 4)},
@@ -311,7 +317,8 @@ def add_origin(model, X: np.ndarray, df, cfg: dict, progress=None):
         fam = np.array(_col(df, "family"), dtype=object)[have]
         fam_ai = fam[is_ai]
         if len({f for f in fam_ai if f and f != UNKNOWN_FAMILY}) >= 2:
-            f = fit_family(Z[is_ai], fam_ai)
+            content = np.array([p or a for p, a in zip(_col(df, "prompt"), _col(df, "artist"))], dtype=object)[have]
+            f = fit_family(Z[is_ai], fam_ai, content=content[is_ai])
             tasks.append(TaskConfig(name="family", labels=f["labels"], column="family", temperature=f["temperature"],
                                     attach={"task": "origin", "when": "ai", "key": "family"}))
             tensors["heads.family.0.weight"] = f["weight"]
