@@ -114,7 +114,7 @@ class Predictor:
             probs = probs_all[t.name]
             k = min(self.top_k, len(t.labels))
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            unknown = _open_set_reject(self.model, t, features, logits[t.name], probs)
+            unknown = self.model.open_set_reject(t.name, features, logits[t.name], probs)
             banded, p_band = self.model.band_decision(t.name, probs) if t.band else (None, None)
             for i in range(len(features)):
                 top = [{"label": t.labels[j], "prob": round(float(probs[i, j]), 4)} for j in order[i]]
@@ -236,36 +236,3 @@ class Predictor:
     def predict_paths(self, paths: Sequence[str | os.PathLike], **kw) -> list[dict[str, Any]]:
         return list(self.iter_predict(paths, **kw))
 
-
-def _open_set_reject(model: ArtModel, task, features, logits, probs) -> np.ndarray | None:
-    """Boolean mask of rows the task's open-set rule sends to `unknown` (None when no rule)."""
-    rule = task.unknown
-    if not rule:
-        return None
-    method = rule.get("method", "max_prob")
-    thr = float(rule["threshold"])
-    if method == "max_prob":
-        return probs.max(axis=1) < thr
-    if method == "energy":
-        # Free energy -T*logsumexp(z/T): higher (less negative) for unfamiliar inputs.
-        t = float(rule.get("energy_temperature", 1.0))
-        z = logits / t
-        m = z.max(axis=1, keepdims=True)
-        energy = -t * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
-        return energy > thr
-    if method == "centroid":
-        cents = model.tensors[f"openset.{task.name}.centroids"]
-        x = np.asarray(features, dtype=np.float32)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        c = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
-        return (x @ c.T).max(axis=1) < thr
-    if method == "background":
-        # "Someone else" logits trained beside the head on other artists' paintings: reject when
-        # the best known class's share of the softmax over [known logits, background logits] is low.
-        w = model.tensors[f"openset.{task.name}.background.weight"]  # (n background classes, dim)
-        b = model.tensors[f"openset.{task.name}.background.bias"]
-        z = np.concatenate([logits, model.normalise(features) @ w.T + b], axis=1)
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return (p[:, : logits.shape[1]].max(axis=1) / p.sum(axis=1)) < thr
-    raise ValueError(f"task {task.name!r}: unknown open-set method {method!r}")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from artlens.models.artmodel import ArtModel
-from artlens.predict import Predictor, _open_set_reject
+from artlens.predict import Predictor
 from artlens.data.taxonomy import artist_display_name, wikiart_name_fields
 from artlens.train import openset
 from artlens.train.artist import (
@@ -135,7 +135,7 @@ def test_auroc_orders_known_above_unknown():
 
 @pytest.mark.parametrize("n_background", [1, 3])
 @pytest.mark.parametrize("method", openset.METHODS)
-def test_rules_reject_exactly_what_predict_rejects(method, n_background):
+def test_open_set_reject_applies_the_calibrated_rule(method, n_background):
     rng = np.random.default_rng(3)
     w = rng.normal(size=(4, 8)).astype(np.float32)
     cents = openset.l2n(rng.normal(size=(4, 8)))
@@ -150,11 +150,13 @@ def test_rules_reject_exactly_what_predict_rejects(method, n_background):
     scores = openset.model_known_scores(model, "artist", X)[method]
     cut = float(np.median(scores))
     model.task("artist").unknown = openset.make_rule(method, cut)
-    logits = model.head_logits(X)["artist"]
-    probs = model.predict_proba(X)["artist"]
-    rejected = _open_set_reject(model, model.task("artist"), X, logits, probs)
+    np.testing.assert_array_equal(model.known_scores("artist", X), scores)
+    rejected = model.open_set_reject("artist", X)
     np.testing.assert_array_equal(rejected, scores < cut)
     assert 80 < rejected.sum() < 120
+    # with the logits and probabilities the predictor passes, the same rows
+    logits = model.head_logits(X)["artist"]
+    np.testing.assert_array_equal(model.open_set_reject("artist", X, logits, model.probabilities({"artist": logits})["artist"]), rejected)
 
 
 # ----------------------------------------------------------------------------- the whole task

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from artlens.metrics import softmax
+from artlens.metrics import l2_normalize, softmax
 from artlens.paths import atomic_write_bytes, atomic_write_text
 
 FORMAT = "artlens-model"
@@ -205,6 +205,94 @@ class ArtModel:
         p = np.asarray(probs)[:, j]
         out = [band["label"] if x >= band["accept"] else other if x <= band["reject"] else None for x in p]
         return out, p
+
+    # ------------------------------------------------------------------ open-set rule
+    # Prediction and calibration both score through these, so a calibrated threshold means at
+    # prediction exactly what it meant when it was chosen (see artlens.train.openset).
+    OPEN_SET_METHODS = ("max_prob", "energy", "centroid", "background")
+
+    @staticmethod
+    def open_set_score(
+        method: str,
+        *,
+        logits: np.ndarray | None = None,
+        probs: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+        centroids: np.ndarray | None = None,
+        background_logits: np.ndarray | None = None,
+        energy_temperature: float = 1.0,
+    ) -> np.ndarray:
+        """Known score per row of one open-set method (higher = more like a known class).
+
+        `max_prob`: top probability; `energy`: T * logsumexp(z / T) of the raw logits (negative free
+        energy); `centroid`: max cosine to the class centroids; `background`: the best known class's
+        share of softmax([logits, background logits]), background (N,) or (N, n classes).
+        """
+        if method == "max_prob":
+            return np.asarray(probs, dtype=np.float64).max(axis=1)
+        if method == "energy":
+            z = np.asarray(logits, dtype=np.float64) / energy_temperature
+            m = z.max(axis=1, keepdims=True)
+            return energy_temperature * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
+        if method == "centroid":
+            if centroids is None:
+                raise ValueError("the centroid method needs class centroids")
+            return (l2_normalize(features) @ l2_normalize(centroids).T).max(axis=1).astype(np.float64)
+        if method == "background":
+            if background_logits is None:
+                raise ValueError("the background method needs the background logits")
+            zk = np.asarray(logits, np.float64)
+            z = np.concatenate([zk, np.asarray(background_logits, np.float64).reshape(len(zk), -1)], axis=1)
+            return softmax(z, axis=1)[:, : zk.shape[1]].max(axis=1)
+        raise ValueError(f"unknown open-set method {method!r} (choose from {', '.join(ArtModel.OPEN_SET_METHODS)})")
+
+    def known_scores(
+        self,
+        task: str,
+        features: np.ndarray,
+        logits: np.ndarray | None = None,
+        *,
+        method: str | None = None,
+        centroids: np.ndarray | None = None,
+        probs: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Per row the known score of the task's open-set rule, or of `method`.
+
+        `logits`/`probs`: the task's raw logits and probabilities when already computed;
+        `centroids` stands in for the stored `openset.<task>.centroids`.
+        """
+        t = self.task(task)
+        rule = t.unknown or {}
+        method = method or rule.get("method", "max_prob")
+        if logits is None:
+            logits = self.head_logits(features)[task]
+        if method == "max_prob" and probs is None:
+            probs = softmax(logits / t.temperature)
+        if method == "centroid" and centroids is None:
+            centroids = self.tensors.get(f"openset.{task}.centroids")
+        bg = None
+        if method == "background":
+            w = self.tensors.get(f"openset.{task}.background.weight")  # (n background classes, dim)
+            if w is not None:
+                bg = self.normalise(features) @ w.T + self.tensors[f"openset.{task}.background.bias"]
+        temp = float(rule.get("energy_temperature", 1.0)) if method == "energy" else 1.0
+        return self.open_set_score(method, logits=logits, probs=probs, features=features, centroids=centroids,
+                                   background_logits=bg, energy_temperature=temp)
+
+    def open_set_reject(self, task: str, features: np.ndarray, logits: np.ndarray | None = None,
+                        probs: np.ndarray | None = None) -> np.ndarray | None:
+        """Boolean mask of rows the task's open-set rule sends to `unknown` (None when it has no rule).
+
+        Energy rules store a threshold on the energy (= -score) and reject above it; the others
+        reject scores below theirs.
+        """
+        rule = self.task(task).unknown
+        if not rule:
+            return None
+        method = rule.get("method", "max_prob")
+        thr = float(rule["threshold"])
+        score = self.known_scores(task, features, logits, method=method, probs=probs)
+        return -score > thr if method == "energy" else score < thr
 
     def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated probabilities per task (temperature-scaled softmax)."""

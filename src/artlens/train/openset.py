@@ -3,8 +3,8 @@
 A head trained on 25 artists names one of them for any painting; an open-set rule sends paintings
 that look like none of them to `unknown artist`. Each method gives a *known score* per image
 (higher = more like a known class), and a rule keeps the head's answer when the score is at or
-above a threshold. The rules produced here are exactly the ones `artlens.predict._open_set_reject`
-applies, in the form stored in `TaskConfig.unknown`:
+above a threshold. The scores are `ArtModel.known_scores`, the ones `ArtModel.open_set_reject` applies
+at prediction; this module only fits the rules (thresholds), in the form stored in `TaskConfig.unknown`:
 
 | method     | known score                                   | rule rejects when          |
 |------------|-----------------------------------------------|----------------------------|
@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from artlens.metrics import l2_normalize as l2n
-from artlens.metrics import softmax
+from artlens.models.artmodel import ArtModel
 
-METHODS = ("max_prob", "energy", "centroid", "background")
+METHODS = ArtModel.OPEN_SET_METHODS
 DEFAULT_LABEL = "unknown artist"
 
 
@@ -48,13 +48,6 @@ def class_centroids(features: np.ndarray, y: Sequence[int], n_classes: int) -> n
     return l2n(out)
 
 
-def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """T * logsumexp(z / T): the negative free energy (Liu et al. 2020), higher for familiar inputs."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    m = z.max(axis=1, keepdims=True)
-    return temperature * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
-
-
 def known_scores(
     method: str,
     *,
@@ -65,43 +58,23 @@ def known_scores(
     background_logit: np.ndarray | None = None,
     energy_temperature: float = 1.0,
 ) -> np.ndarray:
-    """Known score per row for one method (higher = more like a known class)."""
-    if method == "max_prob":
-        return np.asarray(probs, dtype=np.float64).max(axis=1)
-    if method == "energy":
-        return energy_score(logits, energy_temperature)
-    if method == "centroid":
-        if centroids is None:
-            raise ValueError("the centroid method needs class centroids")
-        return (l2n(features) @ l2n(centroids).T).max(axis=1).astype(np.float64)
-    if method == "background":
-        if background_logit is None:
-            raise ValueError("the background method needs the background logit")
-        zk = np.asarray(logits, np.float64)
-        # (N,) for one background class, (N, n) for several
-        z = np.concatenate([zk, np.asarray(background_logit, np.float64).reshape(len(zk), -1)], axis=1)
-        return softmax(z, axis=1)[:, : zk.shape[1]].max(axis=1)
-    raise ValueError(f"unknown open-set method {method!r} (choose from {', '.join(METHODS)})")
+    """Known score per row for one method from arrays (e.g. out-of-fold logits): `ArtModel.open_set_score`."""
+    return ArtModel.open_set_score(method, logits=logits, probs=probs, features=features, centroids=centroids,
+                                   background_logits=background_logit, energy_temperature=energy_temperature)
 
 
-def model_known_scores(model, task: str, features: np.ndarray, centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Known scores of every method the model has data for, computed as `Predictor` computes them."""
-    t = model.task(task)
+def model_known_scores(model: ArtModel, task: str, features: np.ndarray,
+                       centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Known scores of every method the model has data for, as `Predictor` computes them."""
     logits = model.head_logits(features)[task]
     probs = model.predict_proba(features)[task]
-    if centroids is None:
-        centroids = model.tensors.get(f"openset.{task}.centroids")
-    bg = None
-    if f"openset.{task}.background.weight" in model.tensors:
-        w, b = model.tensors[f"openset.{task}.background.weight"], model.tensors[f"openset.{task}.background.bias"]
-        bg = model.normalise(features) @ w.T + b  # (N, n background classes)
+    has_centroids = centroids is not None or f"openset.{task}.centroids" in model.tensors
+    has_background = f"openset.{task}.background.weight" in model.tensors
     out = {}
     for m in METHODS:
-        if (m == "centroid" and centroids is None) or (m == "background" and bg is None):
+        if (m == "centroid" and not has_centroids) or (m == "background" and not has_background):
             continue
-        temp = float((t.unknown or {}).get("energy_temperature", 1.0)) if m == "energy" else 1.0
-        out[m] = known_scores(m, logits=logits, probs=probs, features=features, centroids=centroids,
-                              background_logit=bg, energy_temperature=temp)
+        out[m] = model.known_scores(task, features, logits, method=m, centroids=centroids, probs=probs)
     return out
 
 
