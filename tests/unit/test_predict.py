@@ -147,3 +147,60 @@ def test_cli_shows_origin_family_and_reason(tmp_path, monkeypatch):
     run = CliRunner().invoke(app, ["predict", files[0], "--model", str(tmp_path / "model"), "--json"])
     out = json.loads(run.stdout)["tasks"]
     assert set(out) == {"colour", "origin"} and out["origin"]["family"][0]["label"] == "flux"
+
+
+def test_cli_usage_error_exits_64_not_2(tmp_path):
+    """2 means "finished, some inputs unreadable": a usage error has its own code (EX_USAGE)."""
+    from typer.testing import CliRunner
+
+    from artlens.cli import EXIT_USAGE, app
+
+    assert EXIT_USAGE == 64
+    for args in (["predict", "--no-such-option", "a.jpg"], ["predict"], ["no-such-command"],
+                 ["predict", "--top-k", "0", "a.jpg"]):
+        run = CliRunner().invoke(app, args)
+        assert run.exit_code == EXIT_USAGE, (args, run.output)
+
+
+def test_cli_predict_only_input_unreadable_exits_1(tmp_path, monkeypatch):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import artlens.predict
+    from artlens.cli import app
+
+    _colour_model().save(tmp_path / "model")
+
+    class ColourPredictor(Predictor):
+        def __init__(self, model, **kw):
+            super().__init__(model, encoder=MeanColourEncoder(), **kw)
+
+    monkeypatch.setattr(artlens.predict, "Predictor", ColourPredictor)
+    zero = tmp_path / "zero.jpg"
+    zero.write_bytes(b"")
+    run = CliRunner().invoke(app, ["predict", str(zero), "--model", str(tmp_path / "model")])
+    assert run.exit_code == 1, run.output
+    assert "zero.jpg" in run.stderr
+    Image.new("RGB", (16, 16), (250, 5, 5)).save(tmp_path / "red.png")
+    run = CliRunner().invoke(app, ["predict", str(zero), str(tmp_path / "red.png"), "--model", str(tmp_path / "model")])
+    assert run.exit_code == 2, run.output  # one of two unreadable: finished, partial
+
+
+def test_cli_predict_model_that_cannot_load_is_one_error(tmp_path):
+    """The backbone is loaded before the images: one line naming the model, not one per image."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from artlens.cli import app
+
+    _colour_model().save(tmp_path / "model")  # backbone "mean-colour": no such encoder
+    files = []
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (16, 16), (250, 5, 5)).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    run = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "model"), *files])
+    assert run.exit_code == 1, run.output
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("error: cannot load model") and str(tmp_path / "model") in lines[0]
+    assert "mean-colour" in lines[0] and "a.png" not in run.output

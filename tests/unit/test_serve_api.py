@@ -359,6 +359,30 @@ def test_cors_off_by_default_and_opt_in():
         assert "access-control-allow-origin" not in r.headers
 
 
+def test_host_allow_list_refuses_a_rebound_name():
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends `Host: evil.example`."""
+    from artlens.cli.serve import allowed_hosts
+
+    hosts = allowed_hosts("127.0.0.1", 8765, [])
+    assert hosts == ["127.0.0.1:8765", "localhost:8765", "[::1]:8765"]
+    assert allowed_hosts("0.0.0.0", 8765, []) is None  # every interface, no names given: any Host
+    assert allowed_hosts("0.0.0.0", 8765, ["box.lan"]) == ["box.lan"]
+    app = create_app(predictor=tiny_predictor(), examples_dir=None, warmup=False, allowed_hosts=hosts)
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/healthz").status_code == 200
+        for ok in ("localhost", "localhost:8765", "[::1]:8765"):
+            assert c.get("/healthz", headers={"host": ok}).status_code == 200, ok
+        for bad in ("evil.example", "evil.example:8765", "127.0.0.1:9999", "localhost.evil.example", ""):
+            r = c.get("/healthz", headers={"host": bad})
+            assert_error(r, 400, "invalid_host")
+        r = c.post("/v1/predict", headers={"host": "evil.example:8765"}, files=upload("a.png", png_bytes()))
+        assert_error(r, 400, "invalid_host", "evil.example")
+    # the test client's default `Host: testserver` passes once named
+    app = create_app(predictor=tiny_predictor(), examples_dir=None, warmup=False, allowed_hosts=hosts + ["testserver"])
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+
+
 # ---------------------------------------------------------------------------- pool, timeouts, queue
 class GatedPredictor:
     """Wraps the tiny predictor; each call waits for `gate` and records how many ran at once."""

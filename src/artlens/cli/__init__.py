@@ -6,22 +6,52 @@ stay inside the command functions so `artlens --help` and `artlens predict` star
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NoReturn
 
+import click
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(
-    name="artlens",
-    help="What is this artwork? Style, artist, genre and human/AI origin, with the evidence.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+# Newer Typer vendors its own Click, whose UsageError is not click.UsageError: catch both.
+_USAGE_ERRORS = tuple({click.UsageError, typer.BadParameter.__mro__[1]})
 
 # Exit codes shared by every command (documented in the README).
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_PARTIAL = 2  # finished, but some inputs could not be read
+EXIT_USAGE = 64  # bad option or argument (sysexits EX_USAGE); Click's own 2 would read as EXIT_PARTIAL
+
+
+@contextmanager
+def _usage_exit_code():
+    try:
+        yield
+    except _USAGE_ERRORS as exc:
+        exc.exit_code = EXIT_USAGE
+        raise
+
+
+class _Group(TyperGroup):
+    """Typer's group, with usage errors (of the group or any command) exiting EXIT_USAGE."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_exit_code():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_exit_code():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(
+    name="artlens",
+    cls=_Group,
+    help="What is this artwork? Style, artist, genre and human/AI origin, with the evidence.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 def one_line(text: object) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
+from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report, shown
 
 
 def _parse_thresholds(values: list[str]) -> dict[str, float] | float | None:
@@ -53,6 +53,12 @@ def predict(
         fail(err, exc)
     if not files:
         fail(err, "no images found in " + ", ".join(map(str, paths)))
+    try:  # the encoder loads lazily: a model that cannot load is one error, not one per image
+        predictor.encoder
+    except Exception as exc:
+        from artlens import default_model_dir
+
+        fail(err, f"cannot load model {model or default_model_dir()}: {exc or type(exc).__name__}")
 
     results = []
     failed = 0
@@ -93,7 +99,7 @@ def predict(
         _print_table(results, names, attached, banded)
     if failed:
         err.print(f"{failed} of {len(results)} file(s) could not be read.")
-        raise typer.Exit(EXIT_PARTIAL)
+        raise typer.Exit(EXIT_ERROR if failed == len(results) else EXIT_PARTIAL)
     raise typer.Exit(EXIT_OK)
 
 

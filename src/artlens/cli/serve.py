@@ -23,6 +23,17 @@ def serve(
     cors_origin: Annotated[
         list[str], typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable). Off by default.")
     ] = [],
+    allowed_host: Annotated[
+        list[str],
+        typer.Option(
+            "--allowed-host",
+            metavar="NAME",
+            help="Also answer requests whose Host header is this name (repeatable; NAME or NAME:PORT). Default: the "
+            "--host address (and localhost, 127.0.0.1, [::1] on a loopback address) with the port; other Host "
+            "headers get 400, so DNS-rebinding pages cannot reach the server. On 0.0.0.0 or :: without "
+            "--allowed-host, any Host is answered.",
+        ),
+    ] = [],
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the API (/v1/predict, /v1/explain, /v1/similar, /v1/models, /docs) and the page at /."""
@@ -55,6 +66,7 @@ def serve(
         workers=workers,
         timeout_s=timeout,
         cors_origins=cors_origin or None,
+        allowed_hosts=allowed_hosts(host, port, allowed_host),
     )
     where = f"http://{host}:{port}/" if port else f"{host} on a free port (uvicorn names it below)"
     err.print(f"artlens: loading the model, then serving on {where}  (API docs at /docs)")
@@ -75,3 +87,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(host: str, port: int, extra: list[str]) -> list[str] | None:
+    """The Host header values `serve` answers (None: any). Port 0 picks a free port, not known
+    here, so the names then go without one."""
+    if host in ("0.0.0.0", "::", "") and not extra:
+        return None
+    names = [] if host in ("0.0.0.0", "::", "") else [f"[{host}]" if ":" in host else host]
+    if _is_loopback(host):
+        names += ["localhost", "127.0.0.1", "[::1]"]
+    suffix = f":{port}" if port else ""
+    return list(dict.fromkeys([n + suffix for n in names] + list(extra)))

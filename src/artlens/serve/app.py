@@ -45,7 +45,16 @@ from artlens.serve.backends import (
     load_faiss_backend,
     shrink,
 )
-from artlens.serve.guard import STATUS_CODES, ApiError, GuardMiddleware, QueueStats, WorkerPool, deadline_of, error_body
+from artlens.serve.guard import (
+    STATUS_CODES,
+    ApiError,
+    GuardMiddleware,
+    QueueStats,
+    WorkerPool,
+    deadline_of,
+    error_body,
+    send_json,
+)
 
 log = logging.getLogger("artlens.serve")
 
@@ -235,6 +244,43 @@ def _load_state(
     )
 
 
+def _split_host(value: str) -> tuple[str, int | None]:
+    """`name[:port]` (`[v6]:port` for IPv6) -> (lowercased name, port or None)."""
+    value = value.strip().lower().rstrip(".")
+    if value.startswith("["):
+        name, _, rest = value.partition("]")
+        name += "]"
+    else:
+        name, _, rest = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    port = rest.lstrip(":")
+    return name.rstrip("."), (int(port) if port.isdigit() else None)
+
+
+class HostAllowList:
+    """400 (JSON error) for a request whose Host header is not allowed: a page on another site that
+    rebinds its DNS name to 127.0.0.1 sends its own name. The name decides; ports are compared
+    only where both the entry and the header have one."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app = app
+        self.allowed = [_split_host(h) for h in allowed_hosts]
+
+    def _ok(self, host: str) -> bool:
+        name, port = _split_host(host)
+        return bool(name) and any(name == n and (None in (p, port) or p == port) for n, p in self.allowed)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if not self._ok(host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await send_json(send, 400, error_body("invalid_host", f"Host {host!r} is not allowed by this server"))
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     model_dir: str | os.PathLike | None = None,
     index_dir: str | os.PathLike | None = None,
@@ -251,10 +297,12 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     examples_dir: str | os.PathLike | None = "default",
     warmup: bool = True,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app. `predictor` (a ready `Predictor` or a zero-argument factory), `explainer`
     (`fn(image, task, target_class, method) -> Explanation`) and `index` (a similar backend) replace
-    what `model_dir` / `index_dir` would load; tests use them to serve a tiny model."""
+    what `model_dir` / `index_dir` would load; tests use them to serve a tiny model.
+    `allowed_hosts`: Host header values (`name` or `name:port`) answered; None: any."""
     if examples_dir == "default":
         from artlens import examples_dir as _examples
 
@@ -313,6 +361,8 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
+    if allowed_hosts is not None:  # added last: the outermost check
+        app.add_middleware(HostAllowList, allowed_hosts=list(allowed_hosts))
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(StarletteHTTPException)
