@@ -37,6 +37,7 @@ import numpy as np
 
 from artlens import metrics as M
 from artlens.data.taxonomy import artist_labels, wikiart_name_fields
+from artlens.models.artmodel import ArtModel
 from artlens.train import openset
 
 log = logging.getLogger(__name__)
@@ -640,11 +641,12 @@ def _train_crossfit(f, X, y, K, labels, column, *, background, background_min_pa
 
     def scores(m):
         z = cv["logits"][m]
-        out = {"max_prob": openset.known_scores("max_prob", probs=M.softmax(z / temperature)),
-               "energy": openset.known_scores("energy", logits=z),
+        score = ArtModel.open_set_score
+        out = {"max_prob": score("max_prob", probs=M.softmax(z / temperature)),
+               "energy": score("energy", logits=z),
                "centroid": cv["centroid_cos"][m].max(axis=1).astype(np.float64)}
         if cv["background"] is not None:
-            out["background"] = openset.known_scores("background", logits=z, background_logit=cv["background"][m])
+            out["background"] = score("background", logits=z, background_logits=cv["background"][m])
         return out
 
     correct = zk.argmax(axis=1) == y[pool_known]

@@ -48,21 +48,6 @@ def class_centroids(features: np.ndarray, y: Sequence[int], n_classes: int) -> n
     return l2n(out)
 
 
-def known_scores(
-    method: str,
-    *,
-    logits: np.ndarray | None = None,
-    probs: np.ndarray | None = None,
-    features: np.ndarray | None = None,
-    centroids: np.ndarray | None = None,
-    background_logit: np.ndarray | None = None,
-    energy_temperature: float = 1.0,
-) -> np.ndarray:
-    """Known score per row for one method from arrays (e.g. out-of-fold logits): `ArtModel.open_set_score`."""
-    return ArtModel.open_set_score(method, logits=logits, probs=probs, features=features, centroids=centroids,
-                                   background_logits=background_logit, energy_temperature=energy_temperature)
-
-
 def model_known_scores(model: ArtModel, task: str, features: np.ndarray,
                        centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Known scores of every method the model has data for, as `Predictor` computes them."""
