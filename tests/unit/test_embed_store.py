@@ -1,4 +1,4 @@
-"""The embedding store and embed_manifest: reuse, corruption, bad files, kill -9 and Ctrl-C."""
+"""The embedding store and embed_manifest: reuse, corruption, bad files, kill -9 and Ctrl-C, timed flushes."""
 
 from __future__ import annotations
 
@@ -135,6 +135,28 @@ def test_two_writers_share_one_store(tmp_path):
         EmbeddingStore(tmp_path, "b1", dim=DIM + 1)
 
 
+@pytest.mark.reliability
+def test_autoflush_writes_queued_vectors_on_a_timer(tmp_path):
+    store = EmbeddingStore(tmp_path, "b1")  # shard_size 256: three vectors never fill a shard
+    hashes = [f"{i:064x}" for i in range(3)]
+    store.add(hashes, np.ones((3, DIM)))
+    time.sleep(0.3)
+    assert not store.shards  # without the timer they wait in memory
+    with store.autoflush(0.05):
+        assert _wait_for(lambda: len(store.shards) == 1, timeout=10)
+        assert EmbeddingStore(tmp_path, "b1").contains(hashes).all()  # readable by another process
+        store.add([f"{9:064x}"], np.ones((1, DIM)))
+        assert _wait_for(lambda: len(store.shards) == 2, timeout=10)
+    # adding from one thread while the timer flushes from another loses nothing
+    many = [f"{i + 100:064x}" for i in range(2000)]
+    with store.autoflush(0.001):
+        for h in many:
+            store.add([h], np.full((1, DIM), 3.0))
+    assert not store._pending
+    got, found = EmbeddingStore(tmp_path, "b1").get(many)
+    assert found.all() and (got == 3.0).all()
+
+
 def test_compact_merges_shards_and_keeps_every_vector(tmp_path):
     store = EmbeddingStore(tmp_path, "b1", shard_size=1)
     hashes = [f"{i:064x}" for i in range(6)]
@@ -260,6 +282,8 @@ DRIVER = textwrap.dedent(
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
     store, listing, log, block_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    flush_s = None if sys.argv[5] == "none" else float(sys.argv[5])
+    shard_size = int(sys.argv[6])
     W = np.random.default_rng(0).standard_normal((48, 8)).astype(np.float32)
 
     def pre(img):
@@ -279,15 +303,17 @@ DRIVER = textwrap.dedent(
             return l2_normalize(batch.reshape(len(batch), -1) @ W)
 
     df = pd.read_csv(listing)
-    embed_manifest(df, Blocking(), store_root=store, batch_size=2, workers=1, progress=False, shard_size=4)
+    embed_manifest(df, Blocking(), store_root=store, batch_size=2, workers=1, progress=False, shard_size=shard_size,
+                   flush_s=flush_s)
     """
 )
 
 
-def _run_driver(tmp_path, store, listing, log, block_at):
+def _run_driver(tmp_path, store, listing, log, block_at, flush_s="none", shard_size=4):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    return subprocess.Popen([sys.executable, str(script), str(store), str(listing), str(log), str(block_at)],
+    return subprocess.Popen([sys.executable, str(script), str(store), str(listing), str(log), str(block_at),
+                             str(flush_s), str(shard_size)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -357,3 +383,30 @@ def test_cli_embed_folder_writes_vectors_and_rows(tmp_path, images, monkeypatch)
 
     res = CliRunner().invoke(app, args)
     assert json.loads(res.stdout.strip().splitlines()[-1])["computed"] == 0
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("flush_s", ["0.2", "none"])
+def test_kill_9_before_a_full_shard_keeps_what_the_timer_flushed(tmp_path, flush_s):
+    """Fewer vectors than a shard, then kill -9 while the encoder works: with the timer every
+    finished vector is on disk; without it (the control) none is."""
+    paths = [make_image(tmp_path / "img" / f"{i:02d}.png", size=(12, 10), seed=i) for i in range(12)]
+    listing = tmp_path / "m.csv"
+    manifest(paths).to_csv(listing, index=False)
+    store_root, log = tmp_path / "store", tmp_path / "run.log"
+    proc = _run_driver(tmp_path, store_root, listing, log, block_at=6, flush_s=flush_s, shard_size=256)
+    try:
+        assert _wait_for(lambda: Path(str(log) + ".blocked").exists() or proc.poll() is not None), "driver never blocked"
+        assert proc.poll() is None, proc.communicate()
+        saved = lambda: len(EmbeddingStore(store_root, "fake-v1").hashes())  # noqa: E731
+        if flush_s == "none":
+            time.sleep(1.0)  # five timer periods
+        else:
+            assert _wait_for(lambda: saved() == 6, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(log.read_text().splitlines()) == 6  # six vectors finished before the kill
+    assert saved() == (0 if flush_s == "none" else 6)
+    assert not list(store_root.glob("*/.*.tmp"))

@@ -1,8 +1,9 @@
 """Turn a manifest (or a list of paths) into embeddings, computing only what the store lacks.
 
 Decoding and preprocessing run in worker processes a few batches ahead of the encoder, so the
-CPU-bound model never waits on JPEG decoding; vectors go to the store every `shard_size` images,
-so an interrupted run loses at most one shard of work and the next run resumes from there.
+CPU-bound model never waits on JPEG decoding; vectors go to the store every `shard_size` images
+and every `flush_s` seconds (whichever comes first), so a run killed even with `kill -9` loses at
+most that much work and the next run resumes from there.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def embed_manifest(
     prefetch: int = 2,
     compact_over: int = 64,
     refresh_s: float = 15.0,
+    flush_s: float | None = 30.0,
 ) -> EmbedResult:
     """Embed every row of `df` (a manifest, or any sequence of image paths).
 
@@ -184,7 +186,8 @@ def embed_manifest(
     yet in the store for this backbone are decoded and embedded; rows without a `sha256` get one
     computed from the file. `result.stats` has the counts (computed, reused, failed) and speed.
     Every `refresh_s` seconds the store is re-read, so images that another process embedded in
-    the meantime are taken from it instead of computed twice.
+    the meantime are taken from it instead of computed twice. Finished vectors are written to the
+    store every `shard_size` vectors and every `flush_s` seconds (None: only by count and at the end).
     """
     import pandas as pd
 
@@ -234,9 +237,11 @@ def embed_manifest(
             t0 = time.perf_counter()
             if pool is None:
                 pool = _pool(min(workers, len(missing)), encoder.preprocess)
-            bad, skipped = _compute(
-                encoder, store, missing, {h: paths[first_row[h]] for h in missing}, pool, batch_size, prefetch, progress, refresh_s
-            )
+            with store.autoflush(flush_s):
+                bad, skipped = _compute(
+                    encoder, store, missing, {h: paths[first_row[h]] for h in missing}, pool, batch_size, prefetch,
+                    progress, refresh_s,
+                )
             stats.compute_seconds = time.perf_counter() - t0
             stats.computed = len(missing) - len(bad) - skipped
             stats.reused += skipped

@@ -6,7 +6,9 @@ backbone id and a SHA-256 checksum of both arrays. Shards are written to a tempo
 fsynced and renamed into place, so a reader only ever sees whole shards; a shard that is
 truncated or altered anyway fails the checksum, is set aside (`*.corrupt`) and its images are
 simply computed again. Shard names are unique per writer, so several processes may add to the
-same store at once.
+same store at once. Queued vectors are written every `shard_size` vectors, on `flush`, and, inside
+`autoflush(every_s)`, by a background thread every `every_s` seconds, so a writer killed with
+`kill -9` loses at most that much work.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +187,7 @@ class EmbeddingStore:
         self._matrix: np.ndarray | None = None
         self._loaded: set[str] = set()
         self._pending: dict[bytes, np.ndarray] = {}  # added, not yet in a shard
+        self._lock = threading.RLock()  # `autoflush` writes from its own thread
         self.refresh()
 
     # ------------------------------------------------------------------ reading
@@ -192,6 +197,10 @@ class EmbeddingStore:
 
     def refresh(self) -> int:
         """Load shards written since the last look (by this or another process); returns how many."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> int:
         added = 0
         for path in self.shards:
             if path.name in self._loaded:
@@ -259,7 +268,11 @@ class EmbeddingStore:
 
     def get(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """`(vectors (N, dim) float32, found (N,) bool)`; rows not found are NaN."""
-        self.flush()
+        with self._lock:
+            self.flush()
+            return self._get(hashes)
+
+    def _get(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         hashes = list(hashes)
         dim = self.dim or 0
         out = np.full((len(hashes), dim), np.nan, dtype=np.float32)
@@ -273,8 +286,9 @@ class EmbeddingStore:
         return out, found
 
     def hashes(self) -> list[str]:
-        self.flush()
-        return [k.hex() for k in self._index]
+        with self._lock:
+            self.flush()
+            return [k.hex() for k in self._index]
 
     # ------------------------------------------------------------------ writing
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
@@ -282,17 +296,26 @@ class EmbeddingStore:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(hashes):
             raise StoreError(f"expected {len(hashes)} vectors, got array of shape {vectors.shape}")
+        keys = [_digest_bytes(h) for h in hashes]
+        with self._lock:
+            self._add(keys, vectors)
+
+    def _add(self, keys: list[bytes], vectors: np.ndarray) -> None:
         if self.dim is None:
             self.dim = int(vectors.shape[1])
         elif vectors.shape[1] != self.dim:
             raise StoreError(f"vectors have dimension {vectors.shape[1]}, store {self.dir} has {self.dim}")
-        for h, v in zip(hashes, vectors):
-            self._pending[_digest_bytes(h)] = v
+        for k, v in zip(keys, vectors):
+            self._pending[k] = v
         if len(self._pending) >= self.shard_size:
             self.flush()
 
     def flush(self) -> Path | None:
         """Write the queued vectors as one shard (atomic); returns its path."""
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> Path | None:
         if not self._pending:
             return None
         keys = np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 32)
@@ -304,6 +327,30 @@ class EmbeddingStore:
         self._add_block(list(self._pending), vectors)
         self._pending = {}
         return path
+
+    @contextmanager
+    def autoflush(self, every_s: float | None) -> Iterator["EmbeddingStore"]:
+        """Within the block, a daemon thread flushes the queued vectors every `every_s` seconds
+        (None or <= 0: off); the block flushes on exit, also on an exception."""
+        stop = threading.Event()
+        thread = None
+        if every_s is not None and every_s > 0:
+            def run() -> None:
+                while not stop.wait(every_s):
+                    try:
+                        self.flush()
+                    except Exception as exc:  # a full disk, say: the final flush reports it
+                        log.warning("embedding store %s: timed flush failed: %s", self.dir, exc)
+
+            thread = threading.Thread(target=run, name="embedding-store-autoflush", daemon=True)
+            thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join()
+            self.flush()
 
     def _new_shard_path(self) -> Path:
         # Sortable by time, unique across processes.
@@ -318,6 +365,10 @@ class EmbeddingStore:
 
     def compact(self, min_shards: int = 2) -> Path | None:
         """Merge all valid shards into one (written before the old ones are removed)."""
+        with self._lock:
+            return self._compact(min_shards)
+
+    def _compact(self, min_shards: int) -> Path | None:
         self.flush()
         self.refresh()
         old = [p for p in self.shards if p.name in self._loaded]
