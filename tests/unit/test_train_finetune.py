@@ -38,18 +38,22 @@ def tiny_backbone(*_, **__):
 
 
 PATCH = """
-import artlens.train.finetune as ft
+import artlens.train.finetune as ft, artlens.train.finetune_model as ftm
 from tests.unit.test_train_finetune import TinySpec, tiny_backbone
-ft._create_backbone = tiny_backbone
+ft._create_backbone = ftm._create_backbone = tiny_backbone
 ft._get_spec = lambda name: TinySpec()
 """
 
 
 @pytest.fixture
 def tiny_backbone_registry(monkeypatch):
+    """The `tiny` backbone: `run_finetune` builds it (artlens.train.finetune), and so does an
+    `ArtClassifier` made without a backbone (artlens.train.finetune_model)."""
     import artlens.train.finetune as ft
+    import artlens.train.finetune_model as ftm
 
     monkeypatch.setattr(ft, "_create_backbone", tiny_backbone)
+    monkeypatch.setattr(ftm, "_create_backbone", tiny_backbone)
     monkeypatch.setattr(ft, "_get_spec", lambda name: TinySpec())
 
 
