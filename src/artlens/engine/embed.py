@@ -1,0 +1,127 @@
+"""`artlens embed --engine ray`: the local engine's embedding store, filled by a pool of Ray actors.
+
+The driver owns the store: it looks up what is already there (a rerun computes nothing twice),
+sends only the missing images through the pipeline, and writes the vectors as they stream back,
+one shard every `shard_size`, so an interrupted run keeps what it finished. The result is the
+local `embed_manifest`'s: `vectors, ok_mask, errors` with `.stats` and `.hashes`.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import numpy as np
+
+from artlens.embed import EmbeddingStore, EmbedResult, EmbedStats, Encoder, get_encoder
+from artlens.engine.cluster import RayOptions
+from artlens.engine.pipeline import describe_encoder, map_paths, run
+from artlens.engine.stages import EmbedWorker, hash_batch
+
+_HEX = set("0123456789abcdef")
+
+
+def _progress(enabled: bool, total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("embedding on Ray"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled or total == 0)
+
+
+def ray_embed_manifest(
+    df,
+    backbone: str,
+    store_root=None,
+    *,
+    backbone_state=None,
+    preprocessing=None,
+    options: RayOptions | None = None,
+    progress: bool = False,
+    shard_size: int = 256,
+    compact_over: int = 64,
+) -> EmbedResult:
+    """`embed_manifest(df, backbone, store_root, ...)` on Ray: same store, same result.
+
+    `backbone_state` / `preprocessing`: a fine-tuned model's backbone (as `get_encoder` takes
+    them); they travel to the actors through the object store."""
+    import pandas as pd
+
+    if isinstance(backbone, Encoder):
+        raise TypeError("the Ray engine builds its encoders on the workers: pass the backbone name (and state)")
+    options = options or RayOptions()
+    t_start = time.perf_counter()
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame({"path": [str(p) for p in df]})
+    elif "path" not in df.columns:
+        raise ValueError("the manifest has no 'path' column")
+    paths = [str(p) for p in df["path"]]
+    n = len(paths)
+    hashes: list[str | None] = [None] * n
+    if "sha256" in df.columns:
+        for i, h in enumerate(df["sha256"]):
+            if isinstance(h, str) and len(h) == 64 and set(h.lower()) <= _HEX:
+                hashes[i] = h.lower()
+    reasons: dict[int, str] = {}
+
+    enc_kwargs = {"backbone_name": backbone, "backbone_state": backbone_state, "preprocessing": preprocessing}
+    info = describe_encoder(partial(get_encoder, **enc_kwargs), options)
+    store = EmbeddingStore(store_root, info["backbone_id"], dim=info["dim"], shard_size=shard_size, backbone=info["name"])
+    stats = EmbedStats(backbone_id=info["backbone_id"], dim=info["dim"], rows=n)
+    stats.shards_ignored = list(store.invalid)
+
+    # 1. content hashes for rows that came without one, in Ray tasks
+    todo = [i for i in range(n) if hashes[i] is None]
+    for batch in map_paths([paths[i] for i in todo], hash_batch, options, ids=todo):
+        for i, h, err in zip(batch["idx"], batch["sha256"], batch["error"]):
+            if err:
+                reasons[int(i)] = err
+            else:
+                hashes[int(i)] = h
+
+    # 2. what the store lacks, one path per distinct image
+    first_row: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        if h is not None and h not in first_row:
+            first_row[h] = i
+    missing = [h for h in first_row if h not in store]
+    stats.unique, stats.reused = len(first_row), len(first_row) - len(missing)
+
+    # 3. decode and embed on Ray; the vectors go to the store as they arrive
+    bad: dict[str, str] = {}
+    if missing:
+        t0 = time.perf_counter()
+        kwargs = {"encoder_kwargs": enc_kwargs}
+        try:
+            with _progress(progress, len(missing)) as bar:
+                job = bar.add_task("embed", total=len(missing))
+                for batch in run([paths[first_row[h]] for h in missing], info, EmbedWorker, kwargs, options):
+                    good = [j for j, e in enumerate(batch["error"]) if not e]
+                    for j, e in zip(batch["idx"], batch["error"]):
+                        if e:
+                            bad[missing[int(j)]] = e
+                    if good:
+                        store.add([missing[int(batch["idx"][j])] for j in good], batch["vector"][good])
+                    bar.advance(job, len(batch["idx"]))
+        finally:
+            store.flush()  # on Ctrl-C or a failed run too: keep every vector computed so far
+        stats.compute_seconds = time.perf_counter() - t0
+        stats.computed = len(missing) - len(bad)
+        for i, h in enumerate(hashes):  # an unreadable image fails every row that shares its content
+            if h in bad:
+                reasons[i] = bad[h]
+    if len(store.shards) > compact_over:
+        store.compact()
+
+    vectors, found = store.get([h if h is not None else "0" * 64 for h in hashes])
+    ok = found & np.array([h is not None and i not in reasons for i, h in enumerate(hashes)], dtype=bool)
+    vectors[~ok] = np.nan
+    for i in np.flatnonzero(~ok):
+        reasons.setdefault(int(i), "no embedding (not computed)")
+    errors = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"])
+    stats.failed = len(errors)
+    stats.seconds = time.perf_counter() - t_start
+    result = EmbedResult(vectors, ok, errors)
+    result.stats = stats
+    result.hashes = hashes
+    return result
