@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import os
 import stat
+import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -80,8 +83,9 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _scale_to_l(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale to 8-bit 'L', scaling instead of clipping at 255."""
+def _scale_to_l(img: Image.Image, hi: float | None = None) -> Image.Image:
+    """16/32-bit integer or float greyscale to 8-bit 'L', scaling instead of clipping at 255.
+    `hi`: the largest value of the whole picture when `img` is a part of it."""
     import numpy as np
 
     arr = np.asarray(img)
@@ -89,16 +93,16 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
         out = (arr.astype(np.uint32) >> 8).astype(np.uint8)  # 65535 -> 255
     elif img.mode == "F":
         arr = np.nan_to_num(arr.astype(np.float32))
-        hi = 1.0 if float(arr.max(initial=0.0)) <= 1.0 else 255.0
+        hi = 1.0 if float(arr.max(initial=0.0) if hi is None else hi) <= 1.0 else 255.0
         out = (arr / hi * 255.0).clip(0, 255).astype(np.uint8)
     else:  # "I": Pillow opens some 16-bit files as 32-bit; pick the range the values use
-        hi = float(arr.max(initial=0))
+        hi = float(arr.max(initial=0)) if hi is None else hi
         hi = 255.0 if hi <= 255 else 65535.0 if hi <= 65535 else hi
         out = (arr.astype(np.float32) / hi * 255.0).clip(0, 255).astype(np.uint8)
     return Image.fromarray(out, mode="L")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, hi: float | None = None) -> Image.Image:
     if img.mode == "RGB":
         return img
     mode = img.mode
@@ -108,7 +112,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         elif img.mode == "L" and "transparency" in img.info:
             img = img.convert("LA")
         if img.mode.startswith("I") or img.mode == "F":
-            img = _scale_to_l(img)
+            img = _scale_to_l(img, hi)
         if img.mode in _ALPHA_MODES:
             rgba = img.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -168,38 +172,143 @@ def _unidentified_reason(fp, head: bytes) -> str:
         return "not an image (unrecognised file format)"
 
 
-def _decode(fp, name: str, max_pixels: int, draft: int | None = None) -> tuple[Image.Image, tuple[int, int], str, str]:
-    """Decode to RGB. Returns (image, full size after rotation, format, original mode)."""
+@contextmanager
+def _decode_errors(name: str):
+    """Pillow's many failure types -> one `ImageDecodeError` naming the file and the reason. The
+    frames of the failed decode are cleared, so a half-decoded picture is freed with them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's chatter about odd tags; real failures raise
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = _open(fp, name, max_pixels)
-            fmt, mode, full = img.format or "unknown", img.mode, img.size
-            if getattr(img, "is_animated", False):
-                img.seek(0)  # first frame of an animation or multi-page file
-            if draft and fmt == "JPEG":
-                # JPEG can decode at 1/2..1/8 scale: the whole stream is still read (truncation
-                # is still caught) at a fraction of the cost.
-                img.draft("RGB", (draft, draft))
-            img.load()
-            img, swapped = _exif_transpose(img)
-            if swapped:
-                full = (full[1], full[0])
-            return _to_rgb(img), full, fmt, mode
+            yield
         except ImageDecodeError:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            traceback.clear_frames(exc.__traceback__)
             raise ImageDecodeError(name, f"image too large (decompression bomb): {exc}") from None
-        except MemoryError:
+        except MemoryError as exc:
+            traceback.clear_frames(exc.__traceback__)
             raise ImageDecodeError(name, "out of memory while decoding") from None
         except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
+            traceback.clear_frames(exc.__traceback__)
             msg = str(exc) or type(exc).__name__
             if msg.startswith("unsupported image mode"):
                 raise ImageDecodeError(name, msg) from None
             if "truncated" in msg.lower() or isinstance(exc, EOFError):
                 raise ImageDecodeError(name, f"truncated image file ({msg})") from None
             raise ImageDecodeError(name, f"corrupt image data ({msg})") from None
+
+
+def _decode(fp, name: str, max_pixels: int, draft: int | None = None) -> tuple[Image.Image, tuple[int, int], str, str]:
+    """Decode to RGB. Returns (image, full size after rotation, format, original mode)."""
+    with _decode_errors(name):
+        img = _open(fp, name, max_pixels)
+        fmt, mode, full = img.format or "unknown", img.mode, img.size
+        if getattr(img, "is_animated", False):
+            img.seek(0)  # first frame of an animation or multi-page file
+        if draft and fmt == "JPEG":
+            # JPEG can decode at 1/2..1/8 scale: the whole stream is still read (truncation
+            # is still caught) at a fraction of the cost.
+            img.draft("RGB", (draft, draft))
+        img.load()
+        img, swapped = _exif_transpose(img)
+        if swapped:
+            full = (full[1], full[0])
+        return _to_rgb(img), full, fmt, mode
+
+
+# Formats whose codec decodes into a full-size buffer of its own before Pillow copies it out.
+_CODEC_BUFFERED = {"WEBP", "AVIF", "TIFF"}
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def decode_cost(img: Image.Image, full: tuple[int, int] | None = None) -> int:
+    """Pixels that decoding the opened (not yet loaded) `img` will hold at once, read from the
+    header alone: its size at the decoder's scale (after `draft` for JPEG), doubled for formats
+    whose codec keeps a full-size buffer of its own; a progressive JPEG adds its whole-image
+    coefficient buffer (libjpeg keeps one at full size whatever the scale; `full`: the size before
+    `draft`). Pillow holds a pixel in at most 4 bytes, so a budget of N pixels is about 4N bytes."""
+    w, h = img.size
+    cost = w * h
+    fmt = img.format or ""
+    if fmt in _CODEC_BUFFERED:
+        cost *= 2
+    if fmt in ("JPEG", "MPO") and (img.info.get("progressive") or img.info.get("progression")):
+        fw, fh = full or img.size
+        cost += fw * fh
+    return cost
+
+
+def _strip_reduce(img: Image.Image, factor: int) -> Image.Image:
+    """RGB, `factor` times smaller (box filter), converted a strip at a time: no full-size copy
+    besides the decoded picture itself (alpha is composited on white before averaging)."""
+    w, h = img.size
+    hi = None
+    if img.mode in ("I", "F"):  # one 8-bit range for the whole picture, not one per strip
+        lo_v, hi_v = img.getextrema()
+        hi = float(hi_v) if hi_v == hi_v else 0.0  # NaN max (F): as if 0
+    rows = factor * max(1, 4_000_000 // max(1, w * factor))  # about 4 Mpx a strip, whole boxes
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    for top in range(0, h, rows):
+        strip = img.crop((0, top, w, min(h, top + rows)))
+        out.paste(_to_rgb(strip, hi).reduce(factor), (0, top // factor))
+    return out
+
+
+def load_reduced_bytes(
+    data: bytes,
+    name: str = "<upload>",
+    *,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int,
+    reserve: Callable[[int], None] | None = None,
+) -> ImageProbe:
+    """Decode an in-memory image at reduced size: at least `min_side` pixels on its short side
+    where the picture has them (JPEG at the decoder's 1/2..1/8 scale, every format then reduced by
+    a whole factor with a box filter), RGB, EXIF rotation applied. `width`/`height` are the full
+    size after rotation; `thumbnail` is the reduced picture.
+
+    `reserve(cost)` is called with `decode_cost` (pixels) after the header is read and before any
+    pixel is decoded; it may raise to refuse the picture (its exception passes through unchanged)
+    or block until memory is free. When this returns, only the reduced picture is left: the caller
+    may release the reservation down to `thumbnail`'s pixels. Other failures: `ImageDecodeError`.
+    """
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    with _decode_errors(name):
+        img = _open(io.BytesIO(data), name, max_pixels)
+        fmt, mode, full = img.format or "unknown", img.mode, img.size
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        if fmt == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        cost = decode_cost(img, full)
+    small = None
+    try:
+        if reserve is not None:
+            reserve(cost)
+        with _decode_errors(name):
+            small, swapped = _load_reduced(img, min_side)
+    finally:
+        if small is not img:  # the full-size pixels go now, even if a traceback keeps this frame
+            img.close()
+    if swapped:
+        full = (full[1], full[0])
+    return ImageProbe(width=full[0], height=full[1], format=fmt, mode=mode, thumbnail=small)
+
+
+def _load_reduced(img: Image.Image, min_side: int) -> tuple[Image.Image, bool]:
+    img.load()
+    factor = min(img.size) // max(1, min_side)
+    if factor < 2:
+        img, swapped = _exif_transpose(img)
+        return _to_rgb(img), swapped
+    orientation = _orientation(img)
+    small = _strip_reduce(img, factor)
+    method = _TRANSPOSE.get(orientation)
+    return (small.transpose(method) if method is not None else small), orientation in (5, 6, 7, 8)
 
 
 def read_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
