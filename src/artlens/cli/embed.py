@@ -56,7 +56,8 @@ def embed(
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Registry backbone name.")] = "clip-vit-b16",
     store: Annotated[Optional[Path], typer.Option("--store", help="Embedding store root (default: <cache>/embeddings).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0: decode in this process).")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0: decode in this process); "
+                                         "with --engine ray, model actors (one CPU each).")] = 2,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Export: NAME.npy (+ NAME.rows.parquet, NAME.json), NAME.parquet, or a directory. "
@@ -65,14 +66,20 @@ def embed(
     layout: Annotated[Optional[str], typer.Option("--layout", help="Folder layout for scanning (default: detect).")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray Data pipeline: a local "
+                                        "Ray, or a cluster with --address). Same vectors, same store.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster (auto, ray://HOST:10001); "
+                                                   "default: RAY_ADDRESS, else a local Ray.")] = None,
 ) -> None:
     """Embed images with a backbone, reusing every vector already in the store."""
     from rich.console import Console
 
+    from artlens.cli.predict import engine_options
     from artlens.embed import embed_manifest
     from artlens.embed.export import save_embeddings
 
     err = Console(stderr=True)
+    options = engine_options(engine, address, max(1, workers), batch_size)
     show = err.is_terminal if progress is None else progress
     try:
         df, scan_errors = _load_source(source, layout, show)
@@ -82,7 +89,12 @@ def embed(
         fail(err, f"no images in {source}")
 
     try:
-        result = embed_manifest(df, backbone, store_root=store, batch_size=batch_size, workers=workers, progress=show)
+        if options is None:
+            result = embed_manifest(df, backbone, store_root=store, batch_size=batch_size, workers=workers, progress=show)
+        else:
+            from artlens.engine import ray_embed_manifest
+
+            result = ray_embed_manifest(df, backbone, store_root=store, options=options, progress=show)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: the vectors computed so far are saved; run the same command to resume")
         raise typer.Exit(EXIT_ERROR)

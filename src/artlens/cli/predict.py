@@ -38,6 +38,11 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON Lines) on stdout.")] = False,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a Ray Data pipeline: "
+                                        "a local Ray, or a cluster with --address). Same answers, same output.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster (auto, ray://HOST:10001); "
+                                                   "default: RAY_ADDRESS, else a local Ray.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="--engine ray: model actors, one CPU each (default 2).")] = None,
 ) -> None:
     """Classify images: per task the top-k labels with calibrated probabilities, or `unsure`."""
     from rich.console import Console
@@ -46,19 +51,24 @@ def predict(
     from artlens.predict import Predictor, expand_inputs
 
     err = Console(stderr=True)
+    options = engine_options(engine, address, workers, batch_size)
+    if options is None and workers is not None:
+        raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
+    thresholds = _parse_thresholds(threshold)
     try:
-        predictor = Predictor(model, top_k=top_k, thresholds=_parse_thresholds(threshold))
+        predictor = Predictor(model, top_k=top_k, thresholds=thresholds)
         files = expand_inputs(paths)
     except (ModelFormatError, ValueError, OSError) as exc:
         fail(err, exc)
     if not files:
         fail(err, "no images found in " + ", ".join(map(str, paths)))
-    try:  # the encoder loads lazily: a model that cannot load is one error, not one per image
-        predictor.encoder
-    except Exception as exc:
-        from artlens import default_model_dir
+    if options is None:
+        try:  # the encoder loads lazily: a model that cannot load is one error, not one per image
+            predictor.encoder
+        except Exception as exc:
+            from artlens import default_model_dir
 
-        fail(err, f"cannot load model {model or default_model_dir()}: {exc or type(exc).__name__}")
+            fail(err, f"cannot load model {model or default_model_dir()}: {exc or type(exc).__name__}")
 
     results = []
     failed = 0
@@ -74,8 +84,15 @@ def predict(
         on_progress = lambda n: progress.advance(job, n)  # noqa: E731
     else:
         progress, on_progress = None, None
+    if options is None:
+        rows = predictor.iter_predict(files, batch_size=batch_size, on_progress=on_progress)
+    else:  # the model loads on the workers: one that cannot load there is one EngineError
+        from artlens.engine import ray_iter_predict
+
+        rows = ray_iter_predict(files, predictor.model, top_k=top_k, thresholds=thresholds, options=options,
+                                on_progress=on_progress)
     try:
-        for row in predictor.iter_predict(files, batch_size=batch_size, on_progress=on_progress):
+        for row in engine_rows(err, rows):
             if row["error"]:
                 failed += 1
                 report(err, "skipped", row["path"], row["error"])
@@ -101,6 +118,31 @@ def predict(
         err.print(f"{failed} of {len(results)} file(s) could not be read.")
         raise typer.Exit(EXIT_ERROR if failed == len(results) else EXIT_PARTIAL)
     raise typer.Exit(EXIT_OK)
+
+
+def engine_options(engine: str, address: str | None, workers: int | None, batch_size: int):
+    """`RayOptions` for `--engine ray`, None for the local engine; options that only Ray takes are
+    a usage error without it."""
+    engine = engine.strip().lower()
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine is local or ray, not {engine!r}")
+    if engine == "local":
+        if address is not None:
+            raise typer.BadParameter("--address needs --engine ray")
+        return None
+    from artlens.engine import RayOptions
+
+    return RayOptions(address=address or None, workers=workers or 2, batch_size=batch_size)
+
+
+def engine_rows(err, rows):
+    """`rows`, with a failed Ray run (no ray installed, cluster gone, model not loadable there) one error line."""
+    from artlens.engine import EngineError
+
+    try:
+        yield from rows
+    except EngineError as exc:
+        fail(err, exc)
 
 
 def _fmt_task(res: dict, keys: list[str] = (), compact: bool = False) -> str:

@@ -40,6 +40,7 @@ def ray_embed_manifest(
     progress: bool = False,
     shard_size: int = 256,
     compact_over: int = 64,
+    flush_s: float | None = 30.0,
 ) -> EmbedResult:
     """`embed_manifest(df, backbone, store_root, ...)` on Ray: same store, same result.
 
@@ -92,19 +93,18 @@ def ray_embed_manifest(
     if missing:
         t0 = time.perf_counter()
         kwargs = {"encoder_kwargs": enc_kwargs}
-        try:
-            with _progress(progress, len(missing)) as bar:
-                job = bar.add_task("embed", total=len(missing))
-                for batch in run([paths[first_row[h]] for h in missing], info, EmbedWorker, kwargs, options):
-                    good = [j for j, e in enumerate(batch["error"]) if not e]
-                    for j, e in zip(batch["idx"], batch["error"]):
-                        if e:
-                            bad[missing[int(j)]] = e
-                    if good:
-                        store.add([missing[int(batch["idx"][j])] for j in good], batch["vector"][good])
-                    bar.advance(job, len(batch["idx"]))
-        finally:
-            store.flush()  # on Ctrl-C or a failed run too: keep every vector computed so far
+        # Written every shard_size vectors and every flush_s seconds, and on the way out (Ctrl-C,
+        # a failed run): a rerun starts from what this one finished.
+        with store.autoflush(flush_s), _progress(progress, len(missing)) as bar:
+            job = bar.add_task("embed", total=len(missing))
+            for batch in run([paths[first_row[h]] for h in missing], info, EmbedWorker, kwargs, options):
+                good = [j for j, e in enumerate(batch["error"]) if not e]
+                for j, e in zip(batch["idx"], batch["error"]):
+                    if e:
+                        bad[missing[int(j)]] = e
+                if good:
+                    store.add([missing[int(batch["idx"][j])] for j in good], batch["vector"][good])
+                bar.advance(job, len(batch["idx"]))
         stats.compute_seconds = time.perf_counter() - t0
         stats.computed = len(missing) - len(bad)
         for i, h in enumerate(hashes):  # an unreadable image fails every row that shares its content
