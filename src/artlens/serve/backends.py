@@ -71,22 +71,26 @@ def decode_status(reason: str) -> tuple[int, str]:
     return 422, "invalid_image"  # corrupt data, empty file, 0x0 image
 
 
-def decode_upload(upload: Upload, max_pixels: int, min_side: int | None = None):
+def decode_upload(upload: Upload, max_pixels: int, min_side: int | None = None,
+                  reserve: Callable[[int], None] | None = None):
     """(PIL RGB image, full (width, height)), or `ApiError` (415/422) naming the file and the reason.
 
-    With `min_side`, JPEGs decode at a reduced scale that keeps at least that many pixels a side
-    (the models see 224-448 px): a 20 MB photo then costs a few MB of pixels instead of 150 MB,
-    which is what bounds memory when many large uploads arrive at once.
+    With `min_side`, the picture decodes at reduced size, keeping at least that many pixels a side
+    (the models see 224-448 px): JPEG at the decoder's reduced scale, other formats reduced right
+    after decoding; `reserve(pixels)` is asked first, with the cost read from the header, and may
+    refuse with its own `ApiError` (see `artlens.serve.work.Decoding`).
     """
-    from artlens.data.images import ImageDecodeError, load_image_bytes, probe_image_bytes
+    from artlens.data.images import ImageDecodeError, load_image_bytes, load_reduced_bytes
 
     check_declared_type(upload)
     try:
         if min_side:
-            probe = probe_image_bytes(upload.data, upload.name, max_pixels=max_pixels, thumb_size=min_side)
+            probe = load_reduced_bytes(upload.data, upload.name, max_pixels=max_pixels, min_side=min_side, reserve=reserve)
             return probe.thumbnail, (probe.width, probe.height)
         img = load_image_bytes(upload.data, upload.name, max_pixels=max_pixels)
         return img, img.size
+    except ApiError:
+        raise
     except ImageDecodeError as exc:
         status, code = decode_status(exc.reason)
         raise ApiError(status, code, f"{upload.name}: {exc.reason}") from None

@@ -1,10 +1,12 @@
 """What keeps the server standing: JSON errors, a body-size limit enforced while the body streams in,
-admission control (a bounded number of requests hold bodies at once; the rest wait on their socket),
-per-request deadlines, and a fixed-size worker pool for CPU work.
+a budget of body bytes held at once with an idle timeout for uploads, a separate gate for model
+work, per-request deadlines, and a fixed-size worker pool for CPU work.
 
-Why this shape: a flood of uploads must queue, not multiply memory. Waiting requests have not been
-read yet (uvicorn stops reading a socket whose body the app has not asked for), so the only memory
-they cost is a coroutine. Work runs in a `ThreadPoolExecutor` of `workers` threads: unlike
+Why this shape: a flood of uploads must queue, not multiply memory, and a silent client must not
+hold what others wait for. Requests waiting for body bytes have not been read yet (uvicorn stops
+reading a socket whose body the app has not asked for), so the only memory they cost is a
+coroutine; an upload that stalls is cut off after a few seconds (408); reading never takes a
+worker slot, which only a request whose body has fully arrived may wait for. Work runs in a `ThreadPoolExecutor` of `workers` threads: unlike
 `anyio.to_thread` with an abandoned cancel, a timed-out job keeps its thread, so the pool can never
 grow past its size however many requests time out.
 """
@@ -13,12 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from artlens.serve.budget import ByteBudget
+
+log = logging.getLogger("artlens.serve")
 
 
 class ApiError(StarletteHTTPException):
@@ -64,43 +73,49 @@ def deadline_of(scope: Scope, default_s: float) -> float:
 
 
 class QueueStats:
-    """Counters shared between the middleware and /healthz."""
+    """Counters shared between the middleware, the work gate and /healthz."""
 
     def __init__(self) -> None:
-        self.waiting = 0  # POSTs waiting for an admission slot
-        self.active = 0  # POSTs admitted (reading, queued for a worker, or computing)
+        self.reading = 0  # POSTs whose body is arriving
+        self.waiting = 0  # POSTs waiting for room: body bytes (unread) or a work slot (read)
+        self.active = 0  # POSTs admitted to model work (queued for a worker, or computing)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived."""
 
 
 class GuardMiddleware:
     """Pure ASGI middleware. For POST requests: refuse a declared `Content-Length` over the limit
-    before reading anything, wait for an admission slot (bounded queue, bounded wait), then count
-    the body bytes as the app reads them and stop at the limit. Every response gets `nosniff`;
-    the page gets a strict Content-Security-Policy."""
+    before reading anything; claim the body's bytes (declared length, or the limit when chunked)
+    from the server's body budget, waiting first come first served when it is spent; then count the
+    body bytes as the app reads them, stop at the limit (413), and drop an upload that sends
+    nothing for `body_timeout_s` or has not arrived by the deadline (408). A client that goes away
+    mid-upload is one log line. Every response gets `nosniff`; the page gets a strict CSP.
+
+    Reading is limited by bytes, not by a count of slots, and model work by `WorkGate`: a silent
+    client holds only the bytes it declared, for at most `body_timeout_s`, never a worker."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         max_body: int,
-        max_inflight: int,
+        body_budget: int,
         max_queue: int,
         timeout_s: float,
+        body_timeout_s: float,
         stats: "QueueStats | None" = None,
         shown_limit: int | None = None,
     ):
         self.app = app
         self.max_body = max_body
         self.shown_limit = shown_limit or max_body  # the limit as users set it (max_body adds multipart slack)
-        self.max_inflight = max_inflight
+        self.budget = ByteBudget(max(body_budget, max_body))
         self.max_queue = max_queue
         self.timeout_s = timeout_s
-        self._sem: asyncio.Semaphore | None = None
+        self.body_timeout_s = body_timeout_s
         self.stats = stats if stats is not None else QueueStats()
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        if self._sem is None:  # created inside the running loop
-            self._sem = asyncio.Semaphore(self.max_inflight)
-        return self._sem
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +130,7 @@ class GuardMiddleware:
         deadline = loop.time() + self.timeout_s
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        size = None
         if declared is not None:
             try:
                 size = int(declared)
@@ -124,11 +140,9 @@ class GuardMiddleware:
             if size > self.max_body:
                 await send_json(send, 413, error_body("payload_too_large", self._too_large(size)), {"connection": "close"})
                 return
+        need = max(0, size) if size is not None else self.max_body
 
-        sem = self._semaphore()
-        if not sem.locked():
-            await sem.acquire()  # a free slot: taken at once, no yield in between
-        else:
+        if not self.budget.try_acquire(need):
             if self.stats.waiting >= self.max_queue:
                 await send_json(
                     send, 503, error_body("busy", f"server busy: {self.stats.waiting} requests already waiting"),
@@ -137,44 +151,67 @@ class GuardMiddleware:
                 return
             self.stats.waiting += 1
             try:
-                await asyncio.wait_for(sem.acquire(), timeout=self.timeout_s)
-            except asyncio.TimeoutError:
+                got = await self.budget.acquire(need, self.timeout_s)
+            finally:
+                self.stats.waiting -= 1
+            if not got:
                 await send_json(
-                    send, 503, error_body("busy", f"server busy: no worker free within {self.timeout_s:g} s"),
+                    send, 503, error_body("busy", f"server busy: no room for the upload within {self.timeout_s:g} s"),
                     {"retry-after": "5"},
                 )
                 return
-            finally:
-                self.stats.waiting -= 1
 
-        self.stats.active += 1
         scope.setdefault("state", {})["artlens_deadline"] = deadline
         received = 0
         body_done = False
+        self.stats.reading += 1
+
+        def finish_reading() -> None:
+            nonlocal body_done
+            if not body_done:
+                body_done = True
+                self.stats.reading -= 1
 
         async def limited_receive() -> Message:
-            nonlocal received, body_done
+            nonlocal received
             if body_done:  # later reads only wait for a disconnect: no deadline, nothing to count
                 return await receive()
             remaining = deadline - loop.time()
+            idle = min(self.body_timeout_s, remaining)
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.001))
+                message = await asyncio.wait_for(receive(), timeout=max(idle, 0.001))
             except asyncio.TimeoutError:
-                raise ApiError(408, "request_timeout", f"the upload did not arrive within {self.timeout_s:g} s") from None
+                finish_reading()
+                if remaining <= self.body_timeout_s:
+                    reason = f"the upload did not arrive within {self.timeout_s:g} s"
+                else:
+                    reason = f"the upload stalled: no data for {self.body_timeout_s:g} s"
+                raise ApiError(408, "request_timeout", reason, {"connection": "close"}) from None
+            if message["type"] == "http.disconnect":
+                finish_reading()
+                raise ClientGone()
             if message["type"] == "http.request":
-                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    finish_reading()
                 if received > self.max_body:
+                    finish_reading()
                     # Raised inside the app's body read: FastAPI re-raises HTTPExceptions from there,
                     # so the app's error handler answers 413 without the rest being read.
-                    raise ApiError(413, "payload_too_large", self._too_large(None))
+                    raise ApiError(413, "payload_too_large", self._too_large(None), {"connection": "close"})
             return message
 
         try:
             await self.app(scope, limited_receive, send)
+        except (ClientGone, ClientDisconnect):
+            client = scope.get("client") or ("?", 0)
+            log.warning(
+                "client %s:%s went away during %s %s after %d body bytes; nothing answered",
+                client[0], client[1], scope["method"], scope.get("path", ""), received,
+            )
         finally:
-            self.stats.active -= 1
-            sem.release()
+            finish_reading()
+            self.budget.release(need)
 
     def _too_large(self, size: int | None) -> str:
         limit_mb = self.shown_limit / 1e6
@@ -203,6 +240,45 @@ CSP = (
     b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+
+
+class WorkGate:
+    """Requests admitted to model work at once (`slots`: enough to keep the workers fed); the
+    rest wait, at most `max_queue` of them and at most until their deadline (then 503). Entered
+    only once a body has arrived, so uploads still in flight never hold a slot."""
+
+    def __init__(self, slots: int, max_queue: int, stats: QueueStats):
+        self.slots = max(1, int(slots))
+        self.max_queue = max_queue
+        self.stats = stats
+        self._sem: asyncio.Semaphore | None = None
+
+    @asynccontextmanager
+    async def admit(self, deadline: float) -> AsyncIterator[None]:
+        if self._sem is None:  # created inside the running loop
+            self._sem = asyncio.Semaphore(self.slots)
+        sem = self._sem
+        if not sem.locked():
+            await sem.acquire()  # a free slot: taken at once, no yield in between
+        else:
+            if self.stats.waiting >= self.max_queue:
+                raise ApiError(503, "busy", f"server busy: {self.stats.waiting} requests already waiting",
+                               {"retry-after": "5"})
+            self.stats.waiting += 1
+            try:
+                left = deadline - asyncio.get_running_loop().time()
+                await asyncio.wait_for(sem.acquire(), timeout=max(left, 0.001))
+            except asyncio.TimeoutError:
+                raise ApiError(503, "busy", "server busy: no worker free within the time limit",
+                               {"retry-after": "5"}) from None
+            finally:
+                self.stats.waiting -= 1
+        self.stats.active += 1
+        try:
+            yield
+        finally:
+            self.stats.active -= 1
+            sem.release()
 
 
 class WorkerPool:
