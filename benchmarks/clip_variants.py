@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from artlens.models import clip as C  # noqa: E402
+from artlens.models.clip.cache import require_onnx, weights_source  # noqa: E402
 
 
 def _images(root: Path, n: int, offset: int = 0):
@@ -145,7 +146,7 @@ def main() -> None:
     print(f"{len(imgs)} images from {args.images}: decode {1000 * t_decode / len(imgs):.1f} ms/image, "
           f"preprocess {1000 * t_prep / len(imgs):.1f} ms/image")
 
-    src = C._require_onnx(C._source())
+    src = require_onnx(weights_source())
     tmp = Path(tempfile.mkdtemp(prefix="clip_variants_"))
     builds: dict[str, tuple[Path, float]] = {"int8-shipped": (src, 0.0)}
     t = time.perf_counter()
