@@ -20,6 +20,20 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted request body, in MB.")] = 20,
     workers: Annotated[Optional[int], typer.Option(min=1, max=64, help="Worker threads for model work (default: CPU cores, at most 4).")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds a request may take, queueing included.")] = 60,
+    pixel_budget: Annotated[
+        float, typer.Option("--pixel-budget", min=1, metavar="MPX", help="Megapixels the server may hold decoded at once, "
+                            "all requests together (about 4 MB each); a decode waits for room.")
+    ] = 128,
+    request_pixel_budget: Annotated[
+        float, typer.Option("--request-pixel-budget", min=1, metavar="MPX", help="Megapixels decoded over all the "
+                            "pictures of one request; a picture that does not fit is answered 413 in its slot.")
+    ] = 256,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", min=0.5, help="Seconds an upload may send nothing before it is dropped (408).")
+    ] = 5,
+    body_budget_mb: Annotated[
+        float, typer.Option("--body-budget-mb", min=1, help="Request-body MB held at once (declared sizes); more waits.")
+    ] = 256,
     cors_origin: Annotated[
         list[str], typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable). Off by default.")
     ] = [],
@@ -65,6 +79,10 @@ def serve(
         max_upload_mb=max_upload_mb,
         workers=workers,
         timeout_s=timeout,
+        pixel_budget=int(pixel_budget * 1_000_000),
+        request_pixel_budget=int(request_pixel_budget * 1_000_000),
+        body_timeout_s=body_timeout,
+        body_budget_mb=body_budget_mb,
         cors_origins=cors_origin or None,
         allowed_hosts=allowed_hosts(host, port, allowed_host),
     )

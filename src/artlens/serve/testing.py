@@ -193,4 +193,18 @@ def tiny_app():
         max_upload_mb=float(os.environ.get("ARTLENS_MAX_UPLOAD_MB", 20)),
         workers=int(os.environ.get("ARTLENS_WORKERS", 2)),
         timeout_s=float(os.environ.get("ARTLENS_TIMEOUT_S", 60)),
+        **_budgets_from_env(),
     )
+
+
+def _budgets_from_env() -> dict[str, Any]:
+    """`ARTLENS_PIXEL_BUDGET_MPX`, `ARTLENS_REQUEST_PIXEL_BUDGET_MPX`, `ARTLENS_BODY_TIMEOUT_S`:
+    the `artlens serve` flags of the same names, for `tiny_app`."""
+    out: dict[str, Any] = {}
+    for env, key, scale in (("ARTLENS_PIXEL_BUDGET_MPX", "pixel_budget", 1e6),
+                            ("ARTLENS_REQUEST_PIXEL_BUDGET_MPX", "request_pixel_budget", 1e6),
+                            ("ARTLENS_BODY_TIMEOUT_S", "body_timeout_s", 1.0)):
+        if os.environ.get(env):
+            value = float(os.environ[env]) * scale
+            out[key] = int(value) if scale != 1.0 else value
+    return out
