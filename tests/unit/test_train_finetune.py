@@ -1,4 +1,5 @@
-"""Fine-tune mode on tiny generated images: checkpoints, logs, export, resume after SIGKILL."""
+"""Fine-tune mode on tiny generated images: checkpoints, logs, export, resume after SIGKILL, and a
+resumed run ending bit-identical to an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -160,7 +162,7 @@ import torch
 torch.set_num_threads(1)
 {patch}
 import lightning as L
-from tests.unit.test_train_finetune import recipe_for
+from tests.unit.test_train_finetune import RANDOM, recipe_for
 from artlens.train.finetune import ManifestImageDataset, run_finetune
 
 log_path = {log!r}
@@ -168,7 +170,7 @@ orig = ManifestImageDataset.__getitem__
 def logged(self, i):
     if self.part == "train":
         with open(log_path, "a") as fh:
-            fh.write(f"{{i}}\\n")
+            fh.write(f"{{i[1] if isinstance(i, tuple) else i}}\\n")
     return orig(self, i)
 ManifestImageDataset.__getitem__ = logged
 
@@ -178,14 +180,35 @@ class Kill(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch, no chance to clean up
 
 from pathlib import Path
-recipe = recipe_for(Path({data!r}), Path({out!r}))
-resume = sys.argv[1] == "resume"
-res = run_finetune(recipe, Path({out!r}), resume=resume, callbacks=[] if resume else [Kill()])
+mode, out = sys.argv[1], Path(sys.argv[2])  # fresh (killed) | resume | plain (never stopped)
+recipe = recipe_for(Path({data!r}), out, **RANDOM)
+res = run_finetune(recipe, out, resume=mode == "resume", callbacks=[Kill()] if mode == "fresh" else [])
 print(json.dumps(res["metrics"]["val"]["style"]["n"]))
 """
 
 
+# Everything random at once: crops, flips, rotation, colour jitter, and dropout in the head.
+RANDOM = {"finetune.augment": "standard", "finetune.augment_options.color_jitter": 0.2,
+          "finetune.augment_options.vflip": True, "tasks": [{"name": "style", "hidden": [8], "dropout": 0.5}]}
+
+
+def _final_state(out: Path) -> dict:
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return {"weights": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"], "step": ckpt["global_step"]}
+
+
+def _assert_bit_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    assert a["weights"].keys() == b["weights"].keys()
+    differ = [k for k in a["weights"] if not torch.equal(a["weights"][k], b["weights"][k])]
+    assert not differ, f"tensors that differ: {differ}"
+    for sa, sb in zip(a["optimizer"], b["optimizer"]):
+        for p, st in sa["state"].items():
+            assert all(torch.equal(v, sb["state"][p][k]) if torch.is_tensor(v) else v == sb["state"][p][k] for k, v in st.items())
+
+
 @pytest.mark.slow
+@pytest.mark.reliability
 def test_resume_after_sigkill_mid_epoch(tmp_path):
     from artlens.train.finetune import EpochSampler
 
@@ -195,7 +218,8 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(repo=str(REPO), patch=PATCH, log=str(log), kill_at=3, data=str(data), out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    first = subprocess.run([sys.executable, str(script), "fresh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    first = subprocess.run([sys.executable, str(script), "fresh", str(out)], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     last = out / "checkpoints" / "last.ckpt"
     assert last.is_file()
@@ -203,7 +227,8 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert ckpt["global_step"] == 2 and ckpt["epoch"] == 0  # the mid-epoch checkpoint (every 2 steps)
     log.write_text("")
 
-    second = subprocess.run([sys.executable, str(script), "resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([sys.executable, str(script), "resume", str(out)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 10 and ckpt["epoch"] == 1  # 2 epochs x 5 batches, none repeated or lost
@@ -218,6 +243,57 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     metrics = pd.read_csv(out / "logs" / "metrics.csv")
     assert sorted(metrics.dropna(subset=["val/macro_f1"])["epoch"].unique().tolist()) == [0, 1]
     assert (out / "config.json").is_file()
+    # ... and the weights are those of a run never stopped, bit for bit
+    plain = subprocess.run([sys.executable, str(script), "plain", str(tmp_path / "plain")], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    _assert_bit_identical(_final_state(tmp_path / "plain"), _final_state(out))
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt(L.Callback):
+    """Raises after optimizer step N: the run stops mid-epoch with its last checkpoint behind it."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Interrupt(f"stopped after step {self.step}")
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("augment,workers,every,stop_at,resumed_from", [
+    ("standard", 0, 2, 3, 2),  # killed in epoch 0, resumed from the checkpoint of step 2 (mid-epoch)
+    ("standard", 2, 0, 7, 5),  # killed in epoch 1, resumed from the end of epoch 0; two loader workers
+    ("patch", 1, 2, 9, 8),  # six views per image, one worker; resumed mid-epoch from step 8
+], ids=["mid-epoch", "epoch-end-2-workers", "patch-1-worker"])
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, tiny_backbone_registry, augment, workers, every,
+                                                        stop_at, resumed_from):
+    import random
+
+    from artlens.train.finetune import run_finetune
+
+    data = make_dataset(tmp_path / "data", per_class=12 if augment != "patch" else 3)
+    extra = {**RANDOM, "finetune.augment": augment, "finetune.num_workers": workers,
+             "finetune.checkpoint_every_n_steps": every, "finetune.loggers": []}
+    run_finetune(recipe_for(data, tmp_path / "plain", **extra), tmp_path / "plain")
+
+    out = tmp_path / "stopped"
+    recipe = recipe_for(data, out, **extra)
+    with pytest.raises(Interrupt):
+        run_finetune(recipe, out, callbacks=[StopAt(stop_at)])
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    loader = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert ckpt["global_step"] == resumed_from and loader["epoch_finished"] == (every == 0), loader
+    assert "RngState" in ckpt["callbacks"]
+    # a new process starts with other random state
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    run_finetune(recipe, out, resume=True)
+    _assert_bit_identical(_final_state(tmp_path / "plain"), _final_state(out))
 
 
 def test_fresh_run_refuses_an_existing_run_and_resume_needs_one(tmp_path, tiny_backbone_registry):
@@ -233,10 +309,20 @@ def test_fresh_run_refuses_an_existing_run_and_resume_needs_one(tmp_path, tiny_b
         run_finetune(recipe, tmp_path / "r")
 
 
+class Indices(torch.utils.data.Dataset):
+    """Hands back the index part of the sampler's `(epoch, index)` pairs."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, pair):
+        return pair[1]
+
+
 def test_loader_state_resumes_mid_epoch_and_after_an_epoch():
     from artlens.train.finetune import EpochSampler, ResumableLoader, collate_skip_bad
 
-    ds = list(range(10))
+    ds = Indices()
     done = {"n": 0}
     loader = ResumableLoader(ds, sampler=EpochSampler(10, seed=3), progress=lambda: (done["n"], False), batch_size=3)
     loader.sampler.set_epoch(1)
@@ -258,3 +344,54 @@ def test_loader_state_resumes_mid_epoch_and_after_an_epoch():
     # unreadable samples are dropped from a batch; an all-bad batch is None
     assert collate_skip_bad([None, (torch.ones(1), torch.tensor([0]))])[0].shape == (1, 1)
     assert collate_skip_bad([None, None]) is None
+
+
+def test_sample_augmentation_is_seeded_and_leaves_the_process_generators_alone():
+    import random
+
+    from artlens.train.finetune_data import sample_seed, seeded_rng
+
+    assert sample_seed(0, 1, 5) == sample_seed(0, 1, 5)
+    assert len({sample_seed(0, e, i) for e in range(3) for i in range(50)} | {sample_seed(1, 0, 0)}) == 151
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    expect = torch.rand(2), np.random.rand(2), random.random()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    with seeded_rng(sample_seed(0, 0, 3)):
+        first = torch.rand(3), np.random.rand(3), random.random()
+    with pytest.raises(ZeroDivisionError), seeded_rng(sample_seed(0, 0, 3)):
+        again = torch.rand(3), np.random.rand(3), random.random()
+        1 / 0  # put back on an exception too
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    after = torch.rand(2), np.random.rand(2), random.random()
+    assert torch.equal(after[0], expect[0]) and np.array_equal(after[1], expect[1]) and after[2] == expect[2]
+
+
+@pytest.mark.reliability
+def test_rng_state_roundtrips_and_a_crafted_one_is_refused_in_one_line(tmp_path):
+    import random
+
+    from artlens.train.finetune_checkpoints import CheckpointError, check_checkpoint, rng_state, set_rng_state
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    np.random.standard_normal()  # numpy's cached gaussian is part of its state
+    state = rng_state()
+    expect = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(2), np.random.seed(2), random.seed(2)
+    set_rng_state(state)
+    got = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(got[0], expect[0]) and np.array_equal(got[1], expect[1]) and got[2] == expect[2]
+
+    def ckpt(rng) -> Path:
+        path = tmp_path / "last.ckpt"
+        torch.save({"state_dict": {}, "epoch": 0, "global_step": 1, "callbacks": {"RngState": rng}}, path)
+        return path
+
+    assert check_checkpoint(ckpt(state))["global_step"] == 1
+    for broken, field in [({**state, "torch": torch.zeros(3, dtype=torch.uint8)}, "torch"),
+                          ({**state, "numpy": {**state["numpy"], "keys": torch.full((624,), -1)}}, "numpy.keys"),
+                          ({**state, "python": {**state["python"], "state": torch.zeros(2, dtype=torch.int64)}}, "python.state"),
+                          ("not a dict", "not a dict")]:
+        with pytest.raises(CheckpointError) as err:
+            check_checkpoint(ckpt(broken))
+        msg = str(err.value)
+        assert "\n" not in msg and "last.ckpt" in msg and "callbacks.RngState" in msg and field in msg, msg

@@ -4,12 +4,15 @@
 (`mode: finetune`, `backbone.*` tensors = the fine-tuned backbone). Its parts, one job each:
 
 - `artlens.train.finetune_data`: manifest images (a bad file is skipped with its reason logged),
-  the seeded per-epoch sampler and the loader whose position is saved in checkpoints.
+  the seeded per-epoch sampler and the loader whose position is saved in checkpoints; each
+  sample's augmentation seeded by (seed, epoch, sample).
 - `artlens.train.finetune_model`: `ArtClassifier`, backbone -> L2-normalised features ->
   `MultiTaskHeads`, its losses, metrics, freezing and optimizer.
 - `artlens.train.finetune_checkpoints`: `last.ckpt` every epoch end and every
-  `checkpoint_every_n_steps` optimizer steps, and the validation of a checkpoint before `--resume`
-  loads it (`weights_only=True`: Lightning checkpoints are pickles, even ours).
+  `checkpoint_every_n_steps` optimizer steps with the process's random state, and the validation
+  of a checkpoint before `--resume` loads it (`weights_only=True`: Lightning checkpoints are
+  pickles, even ours). A run killed (even mid-epoch) and resumed ends with the weights of a run
+  never stopped, bit for bit, on one device; with several (DDP), resuming is per epoch.
 - `artlens.train.finetune_trainer`: the Lightning `Trainer`, its callbacks and loggers.
 
 The public names of those modules stay importable from here.

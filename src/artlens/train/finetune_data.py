@@ -5,12 +5,21 @@
 - `EpochSampler` / `ResumableLoader`: a seeded permutation per epoch; the loader's
   `state_dict`/`load_state_dict` (saved by Lightning in every checkpoint) restart a run killed
   mid-epoch at the batch where the checkpoint was taken.
+- Random augmentation is a function of (seed, epoch, sample) alone: the sampler hands out
+  `(epoch, index)` pairs and each training sample is transformed under its own seed, with the
+  process's torch / numpy / python generators saved and put back around it. So the images a
+  batch holds do not depend on worker processes, prefetching or where a run was resumed, and
+  loading data never moves the main process's generators (the model's dropout draws from them;
+  `finetune_checkpoints.RngState` saves them in checkpoints). Loaders carry their own
+  `torch.Generator` for the same reason.
 - `ManifestDataModule`: the train / val / test loaders of a prepared manifest.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -21,11 +30,39 @@ import lightning as L
 log = logging.getLogger(__name__)
 
 
-class ManifestImageDataset(Dataset):
-    """(image tensor, targets (n_tasks,) long) per row and view; None for an unreadable file."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(index)]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
 
-    def __init__(self, paths: list[str], targets: np.ndarray, transform, views: int = 1, part: str = ""):
+
+@contextmanager
+def seeded_rng(seed: int):
+    """Run the block with torch's CPU generator, numpy's and python's seeded from `seed`, then put
+    back what they held before (also on an exception)."""
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        torch.default_generator.manual_seed(seed)  # CPU only: a GPU's generator is the model's
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+
+
+class ManifestImageDataset(Dataset):
+    """(image tensor, targets (n_tasks,) long) per row and view; None for an unreadable file.
+
+    An index is an int, or `(epoch, index)` from `EpochSampler`: then the transform runs under
+    `sample_seed(seed, epoch, index)`.
+    """
+
+    def __init__(self, paths: list[str], targets: np.ndarray, transform, views: int = 1, part: str = "",
+                 seed: int = 0):
         self.part = part
+        self.seed = int(seed)
         self.paths = list(paths)
         targets = np.asarray(targets, dtype=np.int64)
         self.targets = torch.as_tensor(targets[:, None] if targets.ndim == 1 else targets)
@@ -36,9 +73,12 @@ class ManifestImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths) * self.views
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | tuple[int, int]):
         from artlens.data.images import ImageDecodeError, load_image
 
+        epoch = None
+        if isinstance(i, tuple):
+            epoch, i = i
         row, view = divmod(int(i), self.views)
         path = self.paths[row]
         try:
@@ -48,8 +88,15 @@ class ManifestImageDataset(Dataset):
                 self._reported.add(path)
                 log.warning("skipped %s (%s set)", exc, self.part or "a")
             return None
-        x = self.transform(img, view) if self.views > 1 else self.transform(img)
+        if epoch is None:
+            x = self._transform(img, view)
+        else:
+            with seeded_rng(sample_seed(self.seed, epoch, i)):
+                x = self._transform(img, view)
         return x, self.targets[row]
+
+    def _transform(self, img, view: int):
+        return self.transform(img, view) if self.views > 1 else self.transform(img)
 
 
 def collate_skip_bad(batch):
@@ -59,8 +106,8 @@ def collate_skip_bad(batch):
 
 
 class EpochSampler(Sampler):
-    """A seeded permutation per epoch (`set_epoch`, called by Lightning); `skip` indices at the
-    start of one epoch, for a run resumed mid-epoch."""
+    """A seeded permutation per epoch (`set_epoch`, called by Lightning) as `(epoch, index)`
+    pairs; the first samples of one epoch skipped, for a run resumed mid-epoch."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
         self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
@@ -81,10 +128,26 @@ class EpochSampler(Sampler):
         if self._resume is not None and self._resume[0] == self.epoch:
             idx = idx[self._resume[1]:]
         self._resume = None
-        return iter(idx)
+        epoch = self.epoch
+        return iter([(epoch, i) for i in idx])
 
     def __len__(self) -> int:
         return self.n
+
+
+class _StartsAtFirstBatch:
+    """An iterator that makes the loader's iterator at its first `next`."""
+
+    def __init__(self, start):
+        self._start, self._it = start, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._start()
+        return next(self._it)
 
 
 class ResumableLoader(DataLoader):
@@ -95,8 +158,16 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset, *, sampler: EpochSampler, progress=None, **kwargs):
+        # Workers' base seed from the loader's own generator, not the process's (see the module doc).
+        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.progress = progress
+
+    def __iter__(self):
+        # Lightning makes the first epoch's iterator (FitLoop.setup_data) before it calls
+        # `set_epoch`; worker processes would take their first indices from the sampler right
+        # then, in a run resumed at an epoch's end from the epoch before. Start at the first batch.
+        return _StartsAtFirstBatch(lambda: DataLoader.__iter__(self))
 
     def state_dict(self) -> dict:
         done, finished = self.progress() if self.progress is not None else (0, False)
@@ -140,7 +211,7 @@ class ManifestDataModule(L.LightningDataModule):
     def train_dataloader(self):
         paths, y = self.parts["train"]
         views = getattr(self.train_transform, "views", 1)
-        ds = ManifestImageDataset(paths, y, self.train_transform, views, part="train")
+        ds = ManifestImageDataset(paths, y, self.train_transform, views, part="train", seed=self.seed)
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.world_size > 1:
             # Several processes: Lightning's DistributedSampler; resuming is then per epoch.
@@ -149,7 +220,8 @@ class ManifestDataModule(L.LightningDataModule):
 
     def _eval_loader(self, part: str):
         paths, y = self.parts[part]
-        return DataLoader(ManifestImageDataset(paths, y, self.eval_transform, part=part), shuffle=False, **self._kw())
+        return DataLoader(ManifestImageDataset(paths, y, self.eval_transform, part=part), shuffle=False,
+                          generator=torch.Generator().manual_seed(self.seed), **self._kw())
 
     def val_dataloader(self):
         return self._eval_loader("val")

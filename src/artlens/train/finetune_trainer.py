@@ -11,7 +11,7 @@ import torch
 
 import lightning as L
 
-from artlens.train.finetune_checkpoints import LastCheckpoint
+from artlens.train.finetune_checkpoints import LastCheckpoint, RngState
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def build_trainer(recipe: dict, out: Path, *, extra_callbacks=(), monitor_mode: 
         ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
                         enable_version_counter=False, save_on_train_epoch_end=False),
         LastCheckpoint(ckpt_dir, ft.get("checkpoint_every_n_steps") or 0),
+        RngState(),
         *extra_callbacks,
     ]
     es = ft.get("early_stopping") or {}
