@@ -294,6 +294,9 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, tiny_backbone_
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
     run_finetune(recipe, out, resume=True)
     _assert_bit_identical(_final_state(tmp_path / "plain"), _final_state(out))
+    if workers > 1:  # what a batch holds does not depend on the loader's worker processes
+        run_finetune(recipe_for(data, tmp_path / "plain0", **{**extra, "finetune.num_workers": 0}), tmp_path / "plain0")
+        _assert_bit_identical(_final_state(tmp_path / "plain"), _final_state(tmp_path / "plain0"))
 
 
 def test_fresh_run_refuses_an_existing_run_and_resume_needs_one(tmp_path, tiny_backbone_registry):
