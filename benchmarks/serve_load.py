@@ -13,7 +13,12 @@ port, then:
    and the server's peak RSS (sampled from /proc every 20 ms) against its resting RSS;
 4. oversized bodies over raw sockets: a declared 1 GB `Content-Length` (413 before any body byte is
    read) and a chunked 200 MB stream (413 once the limit is passed; bytes the server took before
-   refusing, RSS growth).
+   refusing, RSS growth);
+5. hostile pictures: `--hostile-requests` (4) concurrent requests of `--hostile-files` (16) mostly
+   flat PNGs of `--hostile-side` (7,990) px square (~200 KB each on the wire, 64 Mpx decoded):
+   peak RSS, latency, and every file's answer (200, or 413/422 in its slot);
+6. stalled uploads: `--stalled` (8) connections send headers and 2 bytes of a 1 MB body, then
+   nothing; meanwhile one normal predict is timed; how long until each stalled one was dropped.
 Everything is bounded: fixed counts, per-request timeouts, `--max-seconds` overall. Prints the numbers
 and writes them as JSON (`--json`). On a shared machine the timings move with the others' load.
 """
@@ -180,6 +185,62 @@ def big_jpeg(mb: float) -> bytes:
     return buf.getvalue()
 
 
+def hostile_png(side: int) -> bytes:
+    """A mostly flat RGB PNG of side x side pixels (a few dark lines so it is not one colour),
+    cached under out/bench: ~200 KB on the wire for 7,990 px, 64 Mpx once decoded."""
+    import numpy as np
+    from PIL import Image
+
+    path = REPO / "out" / "bench" / f"hostile-{side}.png"
+    if not path.is_file():
+        arr = np.full((side, side, 3), (180, 140, 90), np.uint8)
+        arr[::97] = 20
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path, format="PNG", compress_level=6)
+        del arr
+    return path.read_bytes()
+
+
+async def post_files(base: str, requests: int, files: list[tuple[str, bytes]], timeout: float) -> list[dict]:
+    """`requests` concurrent predicts, each with all of `files`: status, latency, per-file statuses."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
+        async def one() -> dict:
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/predict", files=[("file", (n, d, "image/png")) for n, d in files])
+                body = r.json()
+                per_file = [x["status"] for x in body["results"]] if r.status_code == 200 else []
+                return {"status": r.status_code, "latency": time.perf_counter() - t0, "files": per_file,
+                        "error": None if r.status_code == 200 else body.get("detail")}
+            except (httpx.HTTPError, ValueError) as exc:
+                return {"status": None, "latency": time.perf_counter() - t0, "files": [], "error": repr(exc)}
+
+        return await asyncio.gather(*[one() for _ in range(requests)])
+
+
+def stall(port: int, declared: int, out: list) -> None:
+    """Headers and 2 body bytes, then silence: (HTTP status, seconds until the server answered)."""
+    t0 = time.perf_counter()
+    status = None
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=180) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=xyz\r\nContent-Length: " + str(declared).encode() + b"\r\n\r\n--")
+            reply = b""
+            while b"\r\n" not in reply:
+                more = s.recv(4096)
+                if not more:
+                    break
+                reply += more
+            if reply.startswith(b"HTTP/1.1 "):
+                status = int(reply[9:12])
+    except OSError:
+        pass
+    out.append((status, time.perf_counter() - t0))
+
+
 def raw_request(port: int, head: bytes, body_chunks, read_timeout: float = 30) -> tuple[int | None, int, float]:
     """Send `head`, then chunks until the server answers or closes. Returns (status, body bytes sent, seconds)."""
     t0 = time.perf_counter()
@@ -234,7 +295,11 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-upload-mb", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=120, help="server per-request time limit, seconds")
-    ap.add_argument("--max-seconds", type=float, default=900, help="stop the whole run after this long")
+    ap.add_argument("--hostile-requests", type=int, default=4)
+    ap.add_argument("--hostile-files", type=int, default=16, help="huge PNGs per hostile request")
+    ap.add_argument("--hostile-side", type=int, default=7990, help="side of the huge PNGs, pixels")
+    ap.add_argument("--stalled", type=int, default=8, help="uploads that send 2 bytes and then nothing")
+    ap.add_argument("--max-seconds", type=float, default=1200, help="stop the whole run after this long")
     ap.add_argument("--json", type=Path, default=REPO / "out" / "bench" / "serve_load.json")
     args = ap.parse_args()
     args.requests = min(args.requests, 500)
@@ -327,6 +392,51 @@ def main() -> int:
         report["chunked_200mb"] = {"status": status, "bytes_sent_before_answer": sent, "seconds": round(secs, 3),
                                    "rss_growth_mb": round(rss.peak - rest, 1)}
 
+        # ---- 5. hostile pictures: many huge PNGs per request, several requests at once
+        huge = hostile_png(args.hostile_side)
+        files = [(f"huge{i}.png", huge) for i in range(args.hostile_files)]
+        rest = rss_mb(proc.pid)
+        with RssSampler(proc.pid) as rss:
+            t0 = time.perf_counter()
+            answers = asyncio.run(post_files(base, args.hostile_requests, files, args.timeout + 60))
+            wall = time.perf_counter() - t0
+        per_file: dict[str, int] = {}
+        for a in answers:
+            for st in a["files"]:
+                per_file[str(st)] = per_file.get(str(st), 0) + 1
+        lat = [a["latency"] for a in answers]
+        report["hostile_pngs"] = {
+            "requests": args.hostile_requests, "files_each": args.hostile_files, "side": args.hostile_side,
+            "png_kb": round(len(huge) / 1e3, 1), "request_statuses": sorted(str(a["status"]) for a in answers),
+            "file_statuses": per_file,
+            "every_file_answered": all(a["status"] == 200 and len(a["files"]) == args.hostile_files
+                                       and all(st in (200, 413, 422) for st in a["files"]) for a in answers),
+            "latency_max_s": round(max(lat), 2), "latency_min_s": round(min(lat), 2), "wall_s": round(wall, 2),
+            "rss_before_mb": round(rest, 1), "rss_peak_mb": round(rss.peak, 1),
+            "errors": sorted({a["error"] for a in answers if a["error"]}),
+        }
+
+        # ---- 6. stalled uploads beside a normal request
+        stalled: list = []
+        threads = [threading.Thread(target=stall, args=(port, 1_000_000, stalled), daemon=True) for _ in range(args.stalled)]
+        with RssSampler(proc.pid) as rss:
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            name, data = datas[0]
+            t0 = time.perf_counter()
+            r = httpx.post(base + "/v1/predict", files={"file": (name, data, "image/jpeg")}, timeout=args.timeout)
+            normal_s = time.perf_counter() - t0
+            for t in threads:
+                t.join(args.timeout + 30)
+        report["stalled_uploads"] = {
+            "stalled": args.stalled, "normal_status": r.status_code, "normal_latency_s": round(normal_s, 3),
+            "normal_correct": r.status_code == 200 and same(summary(r.json()["results"][0]), refs[name]),
+            "stalled_statuses": sorted(str(s) for s, _ in stalled),
+            "stalled_dropped_after_s": round(max((t for _, t in stalled), default=0.0), 2),
+            "rss_peak_mb": round(rss.peak, 1),
+        }
+
         # ---- still serving?
         name, data = datas[0]
         r = httpx.post(base + "/v1/predict", files={"file": (name, data, "image/jpeg")}, timeout=args.timeout)
@@ -352,9 +462,17 @@ def main() -> int:
     d, c = report["declared_1gb"], report["chunked_200mb"]
     print(f"declared 1 GB body: HTTP {d['status']} after {d['seconds']} s, {d['body_bytes_sent_before_answer']:,} body bytes sent")
     print(f"chunked 200 MB stream: HTTP {c['status']} after {c['bytes_sent_before_answer'] / 1e6:.1f} MB, RSS +{c['rss_growth_mb']} MB")
+    h, st = report["hostile_pngs"], report["stalled_uploads"]
+    print(f"{h['requests']} concurrent requests of {h['files_each']} x {h['side']} px PNGs ({h['png_kb']} KB each): "
+          f"requests {h['request_statuses']}, files {h['file_statuses']}, every file answered: {h['every_file_answered']}; "
+          f"latency {h['latency_min_s']}-{h['latency_max_s']} s; peak RSS {h['rss_peak_mb']} MB (before {h['rss_before_mb']} MB)")
+    print(f"{st['stalled']} stalled uploads: normal predict HTTP {st['normal_status']} in {st['normal_latency_s']} s "
+          f"(correct={st['normal_correct']}); stalled ones answered {st['stalled_statuses']} after "
+          f"{st['stalled_dropped_after_s']} s at most; peak RSS {st['rss_peak_mb']} MB")
     print(f"afterwards: HTTP {report['after']['status']}, correct={report['after']['correct']}; lifetime peak RSS {report['rss_lifetime_peak_mb']} MB")
     print(f"(numbers from a shared {os.cpu_count()}-core machine; JSON in {args.json})")
-    good = p["correct"] == p["requests"] and report["after"]["correct"] and d["status"] == 413 and c["status"] == 413
+    good = (p["correct"] == p["requests"] and report["after"]["correct"] and d["status"] == 413 and c["status"] == 413
+            and h["every_file_answered"] and st["normal_correct"])
     return 0 if good else 1
 
 
