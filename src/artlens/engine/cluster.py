@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ def connect(options: RayOptions):
         # reports its own lines (one per unreadable file) and Ray's errors come back as exceptions.
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     if not ray.is_initialized():
         address = options.address or os.environ.get("RAY_ADDRESS") or None
         common = {"include_dashboard": False, "logging_level": logging.INFO if options.verbose else logging.ERROR,

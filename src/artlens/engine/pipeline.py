@@ -98,7 +98,8 @@ def run(
             fn_constructor_kwargs={**worker_kwargs, "cpus": options.cpus_per_worker, "backbone_id": info["backbone_id"]},
             batch_size=options.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=options.workers),
+            # no more actors than batches: a small input does not start (and load the model in) idle ones
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(options.workers, math.ceil(len(paths) / options.batch_size)))),
             num_cpus=options.cpus_per_worker,
             **options.retry_args(ds.map_batches),
         )
