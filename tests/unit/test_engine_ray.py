@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install -e '.[ray]')")
-
-from artlens.engine import RayOptions  # noqa: E402
+from artlens.engine import RayOptions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "artlens" / "examples"
 OPTIONS = RayOptions(workers=2, batch_size=3, object_store_mb=256)
@@ -26,8 +24,8 @@ OPTIONS = RayOptions(workers=2, batch_size=3, object_store_mb=256)
 @pytest.fixture(scope="module")
 def local_ray(clip_weights):
     """One local Ray (2 CPUs, no dashboard, 256 MB object store) for the module's tests."""
-    import ray
-
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    pytest.importorskip("ray.data")
     from artlens.engine.cluster import connect
 
     connect(OPTIONS)
@@ -125,6 +123,22 @@ def test_engine_options_are_usage_errors_without_ray():
                  ["predict", "x.jpg", "--workers", "3"]):
         run = CliRunner().invoke(app, args)
         assert run.exit_code == EXIT_USAGE, (args, run.output)
+
+
+def test_engine_ray_without_ray_installed_is_one_error(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from artlens.cli import EXIT_ERROR, app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    shutil.copy(next(EXAMPLES.glob("*.jpg")), tmp_path / "a.jpg")
+    for cmd in (["predict", str(tmp_path / "a.jpg")], ["embed", str(tmp_path / "a.jpg"), "--store", str(tmp_path / "s")]):
+        run = CliRunner().invoke(app, [*cmd, "--engine", "ray"])
+        assert run.exit_code == EXIT_ERROR, run.output
+        errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "pip install 'artlens[ray]'" in errors[0], run.stderr
 
 
 def test_embed_cli_ray_fills_the_same_store_and_a_rerun_computes_nothing(local_ray, folder, tmp_path):
