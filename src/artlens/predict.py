@@ -1,15 +1,19 @@
 """Predictions: images -> per task the top-k labels with calibrated probabilities, or `unsure`.
 
-`Predictor` pairs an `ArtModel` with the encoder of its backbone (onnxruntime for CLIP, torch for
-CNNs). Files are decoded in a small thread pool ahead of the encoder; a file that cannot be read
-gives a row with its error and never stops the batch.
+`Predictor` pairs an `ArtModel` with the encoder of its backbone on a device (onnxruntime for CLIP
+on the CPU, torch for CNNs and on GPUs). `iter_predict` is a three-stage pipeline: a thread pool
+decodes and preprocesses files a few batches ahead, one thread runs the encoder on the current
+batch, and the calling thread scores the previous batch and yields its rows, so decoding, the
+encoder and the heads overlap (Pillow, numpy and onnxruntime release the GIL). A file that cannot
+be read gives a row with its error and never stops the batch.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,21 @@ IMAGE_SUFFIXES = {
     ".svg", ".heic", ".heif", ".avif", ".jfif", ".pdf",
 }
 MANIFEST_SUFFIXES = {".parquet", ".csv"}
+# Batches decoded ahead of the encoder: enough that it never waits on a slow file, few enough to
+# bound memory (3 batches of 32 CLIP inputs: 58 MB).
+AHEAD = 2
+
+
+def _decode_workers(encoder) -> int:
+    """Decoding threads: one per core next to a CPU encoder (whose own threads use the cores too);
+    more for a GPU, which decoding must keep fed."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    if str(getattr(encoder, "device", "cpu")).startswith("cuda"):
+        return max(2, min(16, cores))
+    return max(1, min(4, cores))
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
@@ -65,6 +84,7 @@ class Predictor:
         top_k: int = 3,
         thresholds: dict[str, float] | float | None = None,
         encoder=None,
+        device: str = "cpu",
     ):
         if model is None:
             from artlens import default_model_dir
@@ -84,13 +104,14 @@ class Predictor:
             self.thresholds.update({k: float(v) for k, v in thresholds.items()})
             self.overridden = set(thresholds)
         self._encoder = encoder
+        self.device = device  # cpu, cuda[:N] or auto (artlens.models.device); used when the encoder is built
 
     @property
     def encoder(self):
         if self._encoder is None:
             from artlens.embed import model_encoder
 
-            self._encoder = model_encoder(self.model)
+            self._encoder = model_encoder(self.model, device=self.device)
         return self._encoder
 
     # ------------------------------------------------------------------ core
@@ -180,49 +201,70 @@ class Predictor:
         self,
         paths: Sequence[str | os.PathLike],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Yield one result per path, in order; decoding runs ahead of the encoder in threads."""
+        """Yield one result per path, in order. While the encoder runs on batch n, threads decode
+        batches n+1..n+AHEAD and this thread scores batch n-1. `batch_size`: images per encoder
+        call (default: the encoder's, which depends on its device)."""
         paths = [str(p) for p in paths]
+        if not paths:
+            return
+        encoder = self.encoder
+        size = max(1, int(batch_size or getattr(encoder, "batch_size", 32)))
+        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+        preprocess = encoder.preprocess
 
         def decode(path: str):
             try:
-                return self.encoder.preprocess(load_image(path)), None
+                return preprocess(load_image(path)), None
             except ImageDecodeError as exc:
                 return None, exc.reason
             except Exception as exc:  # a decoder bug must not lose the batch
                 return None, f"could not process image ({type(exc).__name__}: {exc})"
 
-        workers = min(4, os.cpu_count() or 1)
-        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # The next chunk decodes while the encoder runs on this one (Pillow and onnxruntime
-            # release the GIL), so large photos do not leave the cores idle between batches.
-            pending = [pool.submit(decode, p) for p in chunks[0]] if chunks else []
+        decoders = ThreadPoolExecutor(_decode_workers(encoder), thread_name_prefix="artlens-decode")
+        encode = ThreadPoolExecutor(1, thread_name_prefix="artlens-encode")
+        decoding: deque[list[Future]] = deque()
+        try:
+            for chunk in chunks[: AHEAD + 1]:
+                decoding.append([decoders.submit(decode, p) for p in chunk])
+            previous = None
             for n, chunk in enumerate(chunks):
-                decoded = [f.result() for f in pending]
-                pending = [pool.submit(decode, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []
+                decoded = [f.result() for f in decoding.popleft()]
+                if n + AHEAD + 1 < len(chunks):
+                    decoding.append([decoders.submit(decode, p) for p in chunks[n + AHEAD + 1]])
                 good = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-                results: dict[int, dict] = {}
-                if good:
-                    feats = self.encoder.embed_batch(np.stack([decoded[i][0] for i in good]))
+                feats = encode.submit(encoder.embed_batch, np.stack([decoded[i][0] for i in good])) if good else None
+                if previous is not None:
+                    yield from self._rows(*previous, on_progress)
+                previous = (chunk, [err for _, err in decoded], good, feats)
+            if previous is not None:
+                yield from self._rows(*previous, on_progress)
+        finally:  # also when the caller stops early: queued work is dropped, running work finishes
+            decoders.shutdown(wait=True, cancel_futures=True)
+            encode.shutdown(wait=True, cancel_futures=True)
 
-                    def check(rows, _good=good, _chunk=chunk):
-                        try:
-                            return self._degraded([load_image(_chunk[_good[r]]) for r in rows])
-                        except Exception:  # the file changed since it was read: skip the check
-                            return None
+    def _rows(self, chunk: list[str], errors: list[str | None], good: list[int], feats: Future | None,
+              on_progress: Callable[[int], None] | None) -> Iterator[dict[str, Any]]:
+        """The rows of one encoded chunk, in order: task results for the decoded files, the
+        decoder's reason for the others."""
+        results: dict[int, dict] = {}
+        if feats is not None:
+            def check(rows):
+                try:
+                    return self._degraded([load_image(chunk[good[r]]) for r in rows])
+                except Exception:  # the file changed since it was read: skip the check
+                    return None
 
-                    for i, r in zip(good, self.predict_features(feats, check=check)):
-                        results[i] = r
-                for i, path in enumerate(chunk):
-                    if i in results:
-                        yield {"path": path, "error": None, "tasks": results[i]}
-                    else:
-                        yield {"path": path, "error": decoded[i][1], "tasks": {}}
-                if on_progress:
-                    on_progress(len(chunk))
+            results = dict(zip(good, self.predict_features(feats.result(), check=check)))
+        for i, path in enumerate(chunk):
+            if i in results:
+                yield {"path": path, "error": None, "tasks": results[i]}
+            else:
+                yield {"path": path, "error": errors[i], "tasks": {}}
+        if on_progress:
+            on_progress(len(chunk))
 
     def _degraded(self, images: Sequence) -> np.ndarray | None:
         """Features of degraded copies (see `TaskConfig.band`), or None when no task asks."""

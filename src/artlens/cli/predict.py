@@ -37,7 +37,9 @@ def predict(
     ] = [],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON Lines) on stdout.")] = False,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per encoder call "
+                                                      "(default: 32 on the CPU, more on a GPU).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda (cuda:N) or auto (a GPU when there is one).")] = "auto",
     engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a Ray Data pipeline: "
                                         "a local Ray, or a cluster with --address). Same answers, same output.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster (auto, ray://HOST:10001); "
@@ -48,17 +50,18 @@ def predict(
     from rich.console import Console
 
     from artlens.models.artmodel import ModelFormatError
+    from artlens.models.device import resolve_device
     from artlens.predict import Predictor, expand_inputs
 
     err = Console(stderr=True)
-    options = engine_options(engine, address, workers, batch_size)
+    options = engine_options(engine, address, workers, batch_size or 32)
     if options is None and workers is not None:
         raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
     thresholds = _parse_thresholds(threshold)
     try:
-        predictor = Predictor(model, top_k=top_k, thresholds=thresholds)
+        predictor = Predictor(model, top_k=top_k, thresholds=thresholds, device=resolve_device(device))
         files = expand_inputs(paths)
-    except (ModelFormatError, ValueError, OSError) as exc:
+    except (ModelFormatError, ValueError, OSError) as exc:  # DeviceError ("no CUDA device") is a ValueError
         fail(err, exc)
     if not files:
         fail(err, "no images found in " + ", ".join(map(str, paths)))

@@ -1,9 +1,12 @@
 """Encoders: one image in, one L2-normalised float32 vector out.
 
-`get_encoder(name)` returns an onnxruntime encoder for CLIP (fast CPU inference, no torch import)
-and a torch encoder for every other backbone (or for CLIP with fine-tuned weights / on a GPU).
-Each encoder has a `backbone_id` that changes whenever the weights, the runtime or the
-preprocessing change, so the embedding store never mixes vectors from different models.
+`get_encoder(name, device=...)` returns, for CLIP on the CPU, an onnxruntime encoder over the
+batch-independent INT8 model (fast, no torch import); for CLIP on a GPU, the torch model doing
+the same INT8 arithmetic (`artlens.models.clip.torch_int8`); and a torch encoder for every other
+backbone and for fine-tuned weights. `device` is `cpu`, `cuda[:N]` or `auto`
+(`artlens.models.device`). Each encoder has a `backbone_id` that changes whenever the weights,
+the runtime or the preprocessing change, so the embedding store never mixes vectors from
+different models, and a `batch_size` suited to its device.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from artlens.models import clip as clip_mod
+from artlens.models.device import default_batch_size, resolve_device
 from artlens.models.preprocessing import Preprocessing
 
 CLIP_NAME = "clip-vit-b16"
@@ -58,6 +63,8 @@ class Encoder:
     dim: int
     name: str
     preprocess: Callable[[Any], np.ndarray]
+    device: str = "cpu"
+    batch_size: int = 32  # images per `embed_batch` call when the caller does not say
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -101,11 +108,10 @@ class OnnxEncoder(Encoder):
 
 def _clip_onnx_encoder() -> OnnxEncoder:
     """CLIP through onnxruntime: the batch-independent INT8 model built by artlens.models.clip."""
-    from artlens.models import clip as clip_mod
     from artlens.models.backbones import get_spec
 
-    # Single-threaded sessions, one per core, on 4-image slices of the batch: `artlens predict`
-    # went from 13.6 to 15.4 images/s on 2 cores over one 2-thread session (see ClipOnnxRunner).
+    # One single-threaded run per core, on small slices of the batch, through one shared session
+    # (faster than one 2-thread session on 2 cores: see ClipOnnxRunner and benchmarks/clip_variants.py).
     runner = clip_mod.ClipOnnxRunner()
     spec = get_spec(CLIP_NAME)
     pre = Preprocessing.from_spec(spec)
@@ -124,17 +130,22 @@ def _clip_onnx_encoder() -> OnnxEncoder:
 
 # --------------------------------------------------------------------------- torch
 class TorchEncoder(Encoder):
-    """A torch backbone from the registry (eval mode, no grad) with its spec's preprocessing."""
+    """A torch backbone from the registry (eval mode, no grad) with its spec's preprocessing.
+
+    `int8=True` (CLIP with its shipped weights): the linear layers do the INT8 encoder's per-token
+    arithmetic (`artlens.models.clip.torch_int8`), so features agree with the onnxruntime
+    encoder's (cosine >= 0.99) on any device; the fp32 rebuild agrees only to 0.975-0.984."""
 
     def __init__(self, name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu", pretrained: bool = True,
-                 preprocessing: Preprocessing | Mapping[str, Any] | None = None):
+                 preprocessing: Preprocessing | Mapping[str, Any] | None = None, int8: bool = False):
         import torch
 
         from artlens.models.backbones import create_backbone, get_spec
 
         self.name = name
         self.spec = get_spec(name)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.batch_size = default_batch_size(self.device, getattr(self.spec, "kind", "cnn"))
         # Backbones without pretrained weights (simple-cnn) start from random weights: seeded, so
         # that every process gets the same ones and the store never mixes two random draws.
         random_init = not backbone_state and (not pretrained or getattr(self.spec, "weights_id", None) == "scratch")
@@ -156,6 +167,14 @@ class TorchEncoder(Encoder):
                 model = build(True)
             tensors = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v))) for k, v in backbone_state.items()}
             model.load_state_dict(tensors, strict=False)
+        if int8:
+            if backbone_state or not pretrained:
+                raise ValueError("int8 needs the shipped CLIP weights (no fine-tuned state, pretrained=True)")
+            from artlens.models.clip.torch_int8 import emulate_int8
+
+            emulate_int8(model)
+        if self.device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
         self.model = model.eval().to(self.device)
         # A fine-tune may have trained at its own image size: its config's preprocessing wins.
         self.preprocess = Preprocessing.from_config(preprocessing, name) if preprocessing else Preprocessing.from_spec(self.spec)
@@ -165,14 +184,16 @@ class TorchEncoder(Encoder):
             "state": state_digest(backbone_state)[:16] if backbone_state else None,
             "preprocess": self.preprocess.fingerprint(),
         }
-        self.backbone_id = make_backbone_id(name, "torch", fingerprint)
+        if int8:  # not bit-identical to the onnxruntime encoder (float rounding moves some INT8 steps)
+            fingerprint["features"] = "int8-pertoken-emulated"
+        self.backbone_id = make_backbone_id(name, "torch-int8" if int8 else "torch", fingerprint)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device, non_blocking=True)
         with torch.inference_mode():
             feats = self.model(x)
         feats = feats.float().flatten(1).cpu().numpy()
@@ -185,32 +206,34 @@ _CACHE: dict[tuple[str, str], Encoder] = {}
 
 def get_encoder(backbone_name: str, *, backbone_state: Mapping[str, Any] | None = None, device: str = "cpu",
                 preprocessing: Preprocessing | Mapping[str, Any] | None = None) -> Encoder:
-    """The encoder for a registry backbone.
+    """The encoder for a registry backbone on `device` (`cpu`, `cuda[:N]` or `auto`; `DeviceError`
+    when it cannot be used).
 
-    CLIP on the CPU with its pretrained weights runs through onnxruntime; a fine-tuned backbone
-    (`backbone_state`, the `backbone.*` tensors of an ArtModel with the prefix removed) or another
-    device uses the torch model. Pretrained encoders are built once per process and shared.
-    `preprocessing` (a model's `Preprocessing` or its config.json block) applies to fine-tuned
-    backbones only: frozen encoders keep their registry preprocessing, which the embedding store is
-    keyed on.
+    CLIP with its pretrained weights runs through onnxruntime on the CPU and as the INT8-emulating
+    torch model on a GPU; a fine-tuned backbone (`backbone_state`, the `backbone.*` tensors of an
+    ArtModel with the prefix removed) and every other backbone use the torch model. Pretrained
+    encoders are built once per process and device and shared. `preprocessing` (a model's
+    `Preprocessing` or its config.json block) applies to fine-tuned backbones only: frozen
+    encoders keep their registry preprocessing, which the embedding store is keyed on.
     """
     if isinstance(backbone_name, Encoder):
         return backbone_name
+    device = resolve_device(device)
     if backbone_state:
         return TorchEncoder(backbone_name, backbone_state=backbone_state, device=device, preprocessing=preprocessing)
-    key = (backbone_name, str(device))
+    key = (backbone_name, device)
     enc = _CACHE.get(key)
     if enc is None:
-        if backbone_name == CLIP_NAME and str(device) == "cpu":
+        if backbone_name == CLIP_NAME and device == "cpu":
             enc = _clip_onnx_encoder()
         else:
-            enc = TorchEncoder(backbone_name, device=device)
+            enc = TorchEncoder(backbone_name, device=device, int8=backbone_name == CLIP_NAME)
         _CACHE[key] = enc
     return enc
 
 
 def model_encoder(model, *, device: str = "cpu") -> Encoder:
-    """The encoder an ArtModel predicts with: its fine-tuned backbone state and its own
+    """The encoder an ArtModel predicts with on `device`: its fine-tuned backbone state and its own
     preprocessing when it has one, else the shared pretrained encoder."""
     state = model.backbone_state() or None
     pre = model.preprocessing if state else None

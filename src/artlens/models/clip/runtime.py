@@ -26,6 +26,10 @@ from artlens.models.clip.spec import (
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
 
+# Images per single-threaded run. Smaller slices keep each run's activations in the core's own
+# cache (fc1's output for one image is 2.4 MB): measured in benchmarks/clip_variants.py --runner.
+DEFAULT_SLICE = 4
+
 
 def _cores() -> int:
     try:
@@ -82,30 +86,27 @@ def clip_embed(session, pixel_values: np.ndarray) -> np.ndarray:
 
 
 class ClipOnnxRunner:
-    """Data-parallel form of the ONNX encoder: `workers` single-threaded sessions that each take a
-    slice of the batch, side by side (onnxruntime releases the GIL), with no barrier between
-    threads after each of the model's ~500 kernels. The model is batch-independent, so slicing does
-    not change results. Slices of `slice_size` images go to whichever thread is free. On the 2-core
-    dev machine, end to end (decode + encoder), this took `artlens predict` from 13.6 to 15.4
-    images/s over one 2-thread session.
+    """Data-parallel form of the ONNX encoder: `workers` threads, each running single-threaded
+    slices of the batch through one shared session (onnxruntime's `run` is thread-safe and
+    releases the GIL), with no barrier between threads after each of the model's ~500 kernels.
+    The model is batch-independent, so slicing does not change results (bit for bit). Slices of
+    `slice_size` images go to whichever thread is free, so a thread slowed by other work (decoding
+    the next batch) takes fewer. One session holds the weights once and loads once (cold start).
+    `benchmarks/clip_variants.py --runner` measures the slice sizes and session layouts.
 
-        runner = ClipOnnxRunner()              # one session per usable core
+        runner = ClipOnnxRunner()              # one thread per usable core
         emb = runner(pixel_values)             # (N, 512) float32, not normalised
         feats = runner.features(pixel_values)  # (N, CLIP_FEATURE_DIM), see `clip_features`
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, workers: int | None = None, sessions=None,
-                 slice_size: int = 4):
+                 slice_size: int = DEFAULT_SLICE):
         from concurrent.futures import ThreadPoolExecutor
 
         self.slice_size = max(1, int(slice_size))
-
-        if sessions is not None:  # ready-made sessions (other providers, tests)
-            self.sessions = list(sessions)
-            self.workers = len(self.sessions)
-        else:
-            self.workers = max(1, int(workers or _cores()))
-            self.sessions = [clip_onnx_session(weights, threads=1) for _ in range(self.workers)]
+        self.workers = max(1, int(workers or _cores()))
+        # Ready-made sessions (other providers, tests) take turns; by default one session, shared.
+        self.sessions = list(sessions) if sessions is not None else [clip_onnx_session(weights, threads=1)]
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clip-onnx") if self.workers > 1 else None
 
     def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -121,14 +122,14 @@ class ClipOnnxRunner:
         x = _check_pixels(pixel_values)
         if len(x) == 0:
             return [np.zeros((0, d), np.float32) for d in dims]
-        if self._pool is None or len(x) == 1:
-            return self.sessions[0].run(names, {ONNX_INPUT: x})
-        # Small slices handed out as threads free up (a session may run in several threads at
-        # once): when another job (e.g. decoding the next batch) slows one thread, the other
-        # takes more slices instead of waiting for it at the end of the batch.
         parts = [x[i : i + self.slice_size] for i in range(0, len(x), self.slice_size)]
         sessions = [self.sessions[k % len(self.sessions)] for k in range(len(parts))]
-        outs = list(self._pool.map(lambda sp: sp[0].run(names, {ONNX_INPUT: sp[1]}), zip(sessions, parts)))
+        if self._pool is None or len(parts) == 1:
+            outs = [s.run(names, {ONNX_INPUT: p}) for s, p in zip(sessions, parts)]
+        else:
+            outs = list(self._pool.map(lambda sp: sp[0].run(names, {ONNX_INPUT: sp[1]}), zip(sessions, parts)))
+        if len(outs) == 1:
+            return outs[0]
         return [np.concatenate([o[j] for o in outs]) for j in range(len(names))]
 
     def close(self) -> None:
@@ -141,4 +142,3 @@ class ClipOnnxRunner:
 
     def __exit__(self, *exc):
         self.close()
-

@@ -47,31 +47,41 @@ def clip_vision_config():
     )
 
 
-def _dequantize_onnx(path: Path) -> dict[str, np.ndarray]:
-    """fp32 weights of `CLIPVisionModelWithProjection` from the INT8 ONNX model.
+def onnx_int8_linears(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The INT8 linear layers of the shipped ONNX model: transformers module name (e.g.
+    `vision_model.encoder.layers.0.self_attn.q_proj`) -> (q int8 [in, out], scale, zero_point).
 
-    fp32 initializers are named like the transformers parameters; each linear layer is a
-    MatMulInteger node named `/vision_model/encoder/layers.0/self_attn/q_proj/MatMul_quant` whose
-    weight is `<base>_quantized` (int8, [in, out]) with per-output-column `<base>_scale` and
-    `<base>_zero_point`: W = ((q - zero_point) * scale).T."""
+    Each is a MatMulInteger node named like `/vision_model/encoder/layers.0/self_attn/q_proj/MatMul_quant`
+    whose weight is `<base>_quantized` with `<base>_scale` and `<base>_zero_point`."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     inits = {i.name: i for i in graph.initializer}
-    state: dict[str, np.ndarray] = {}
-    for name, init in inits.items():
-        if name.startswith(("vision_model.", "visual_projection")):
-            state[name] = numpy_helper.to_array(init).astype(np.float32)
+    out = {}
     for node in graph.node:
         if node.op_type != "MatMulInteger":
             continue
         base = node.input[1].removesuffix("_quantized")
-        q = numpy_helper.to_array(inits[f"{base}_quantized"]).astype(np.float32)
-        scale = numpy_helper.to_array(inits[f"{base}_scale"]).astype(np.float32)
-        zero = numpy_helper.to_array(inits[f"{base}_zero_point"]).astype(np.float32)
         module = node.name.removesuffix("/MatMul_quant").strip("/").replace("/", ".")
-        state[f"{module}.weight"] = np.ascontiguousarray(((q - zero) * scale).T)
+        out[module] = tuple(numpy_helper.to_array(inits[f"{base}{suffix}"]) for suffix in ("_quantized", "_scale", "_zero_point"))
+    return out
+
+
+def _dequantize_onnx(path: Path) -> dict[str, np.ndarray]:
+    """fp32 weights of `CLIPVisionModelWithProjection` from the INT8 ONNX model: fp32 initializers
+    are named like the transformers parameters; each linear layer (`onnx_int8_linears`) becomes
+    W = ((q - zero_point) * scale).T."""
+    import onnx
+    from onnx import numpy_helper
+
+    state: dict[str, np.ndarray] = {}
+    for init in onnx.load(str(path)).graph.initializer:
+        if init.name.startswith(("vision_model.", "visual_projection")):
+            state[init.name] = numpy_helper.to_array(init).astype(np.float32)
+    for module, (q, scale, zero) in onnx_int8_linears(path).items():
+        w = (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
+        state[f"{module}.weight"] = np.ascontiguousarray(w.T)
     return state
 
 
