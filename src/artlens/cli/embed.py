@@ -55,7 +55,9 @@ def embed(
     source: Annotated[Path, typer.Argument(help="A manifest (.parquet/.csv), or a folder of images (scanned first).")],
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Registry backbone name.")] = "clip-vit-b16",
     store: Annotated[Optional[Path], typer.Option("--store", help="Embedding store root (default: <cache>/embeddings).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per encoder call "
+                                                      "(default: 32 on the CPU, more on a GPU).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda (cuda:N) or auto (a GPU when there is one).")] = "auto",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes (0: decode in this process); "
                                          "with --engine ray, model actors (one CPU each).")] = 2,
     out: Annotated[
@@ -77,9 +79,15 @@ def embed(
     from artlens.cli.predict import engine_options
     from artlens.embed import embed_manifest
     from artlens.embed.export import save_embeddings
+    from artlens.models.backbones import get_spec
+    from artlens.models.device import default_batch_size, resolve_device
 
     err = Console(stderr=True)
-    options = engine_options(engine, address, max(1, workers), batch_size)
+    options = engine_options(engine, address, max(1, workers), batch_size or 32)
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:  # "no CUDA device: ...", one line
+        fail(err, exc)
     show = err.is_terminal if progress is None else progress
     try:
         df, scan_errors = _load_source(source, layout, show)
@@ -90,7 +98,9 @@ def embed(
 
     try:
         if options is None:
-            result = embed_manifest(df, backbone, store_root=store, batch_size=batch_size, workers=workers, progress=show)
+            size = batch_size or default_batch_size(device, get_spec(backbone).kind)
+            result = embed_manifest(df, backbone, store_root=store, batch_size=size, workers=workers, progress=show,
+                                    device=device)
         else:
             from artlens.engine import ray_embed_manifest
 
