@@ -1,6 +1,7 @@
-"""Budgets the server shares between requests: decoded pixels (worker threads) and request-body
-bytes (the event loop). Both are first come, first served: a large claim waiting at the head of
-the line is not overtaken by smaller ones behind it, so it cannot starve.
+"""Budgets the server shares between requests: decoded pixels (worker threads, first come first
+served: a large decode waiting at the head of the line is not overtaken, so it cannot starve) and
+request-body bytes (the event loop, first fit: an ordinary upload is not held up behind clients
+that declared large bodies and went silent; those are dropped after the idle timeout anyway).
 
 Why pixels: a 200 KB PNG can decode to 64 Mpx (256 MB). The cost of a picture is read from its
 header before any pixel is decoded (`artlens.data.images.decode_cost`), claimed here, and given
@@ -78,7 +79,7 @@ class PixelBudget:
 
 
 class ByteBudget:
-    """A counting semaphore in bytes for coroutines on one event loop, first come first served."""
+    """A counting semaphore in bytes for coroutines on one event loop, first fit."""
 
     def __init__(self, capacity: int):
         self.capacity = max(1, int(capacity))
@@ -86,7 +87,9 @@ class ByteBudget:
         self._line: deque[tuple[int, asyncio.Future]] = deque()
 
     def try_acquire(self, n: int) -> bool:
-        if self._line or self.used + n > self.capacity:
+        # First fit, not first come: a small upload goes ahead of large claims still waiting, so
+        # clients that declare big bodies and stall cannot hold up ordinary requests.
+        if self.used + n > self.capacity:
             return False
         self.used += n
         return True
@@ -116,9 +119,11 @@ class ByteBudget:
         self._wake()
 
     def _wake(self) -> None:
-        while self._line and self.used + self._line[0][0] <= self.capacity:
-            n, fut = self._line.popleft()
+        for entry in list(self._line):  # in order of arrival, each waiter that fits now
+            n, fut = entry
             if fut.done():
-                continue
-            self.used += n
-            fut.set_result(True)
+                self._line.remove(entry)
+            elif self.used + n <= self.capacity:
+                self._line.remove(entry)
+                self.used += n
+                fut.set_result(True)
