@@ -38,6 +38,7 @@ def explain(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlay PNG, raw map .npy and JSON.")] = Path("explanations"),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout.")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda (cuda:N) or auto (a GPU when there is one).")] = "auto",
 ) -> None:
     """Heat map of what the model looked at (pytorch-grad-cam), over the image, plus the raw map."""
     import torch
@@ -45,12 +46,13 @@ def explain(
     from artlens.data.images import ImageDecodeError, load_image
     from artlens.explain.gradcam import ExplainError, Explainer, method_class
     from artlens.models.artmodel import ModelFormatError
+    from artlens.models.device import DeviceError, resolve_device
 
     err = _err()
     try:
         method_class(method)
-        explainer = Explainer(model, task=task)
-    except (ModelFormatError, ExplainError, OSError) as exc:
+        explainer = Explainer(model, task=task, device=resolve_device(device))
+    except (ModelFormatError, ExplainError, OSError, DeviceError) as exc:
         _fail(str(exc))
     torch.set_grad_enabled(True)
 

@@ -365,9 +365,10 @@ class Explainer:
     >>> e.label, e.prob, e.cam.shape
     """
 
-    def __init__(self, model: "str | Path | ArtModel", task: str | None = None, backbone=None):
+    def __init__(self, model: "str | Path | ArtModel", task: str | None = None, backbone=None, device: str = "cpu"):
         self.model = load_art_model(model)
-        self.net = build_explain_model(self.model, task, backbone=backbone)
+        self.device = device  # a resolved device (artlens.models.device.resolve_device): cpu, cuda[:N]
+        self.net = build_explain_model(self.model, task, backbone=backbone).to(device)
         self.default_task = self.net.task
         self.pre = self.model.preprocessing
 
@@ -428,14 +429,14 @@ class Explainer:
 
         prep = prepare_image(image, self.pre)
         with torch.no_grad():
-            logits = self.net(prep.tensor)[0].float()
+            logits = self.net(prep.tensor.to(self.device))[0].float().cpu()
         probs = torch.softmax(logits / cfg.temperature, dim=-1).numpy()
         idx = self.class_index(task, target_class, probs)
         pred = int(np.argmax(probs))
         order = np.argsort(-probs)[:top_k]
 
         # The weights are frozen, so the input must ask for a gradient for one to reach the layer.
-        x = prep.tensor.clone().requires_grad_(True)
+        x = prep.tensor.to(self.device).clone().requires_grad_(True)
         input_cams, cams, panels = [], [], []
         for name, module in zip(layer_names, modules):
             # One CAM object per layer: pytorch-grad-cam would average several layers into one map.
