@@ -114,6 +114,18 @@ def test_predict_ray_model_that_cannot_load_is_one_error(local_ray, tmp_path):
     assert len(errors) == 1 and "cannot load the model on the Ray workers" in errors[0], run.stderr
 
 
+def test_predict_ray_cuda_on_a_cluster_without_gpus_is_one_error(local_ray, tmp_path):
+    from typer.testing import CliRunner
+
+    from artlens.cli import EXIT_ERROR, app
+
+    shutil.copy(next(EXAMPLES.glob("*.jpg")), tmp_path / "a.jpg")
+    run = CliRunner().invoke(app, ["predict", str(tmp_path / "a.jpg"), "--engine", "ray", "--device", "cuda"])
+    assert run.exit_code == EXIT_ERROR, run.output
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the Ray cluster has no GPU" in errors[0], run.stderr
+
+
 def test_engine_options_are_usage_errors_without_ray():
     from typer.testing import CliRunner
 

@@ -76,16 +76,16 @@ def embed(
     """Embed images with a backbone, reusing every vector already in the store."""
     from rich.console import Console
 
-    from artlens.cli.predict import engine_options
+    from artlens.cli.predict import engine_options, worker_device
     from artlens.embed import embed_manifest
     from artlens.embed.export import save_embeddings
     from artlens.models.backbones import get_spec
     from artlens.models.device import default_batch_size, resolve_device
 
     err = Console(stderr=True)
-    options = engine_options(engine, address, max(1, workers), batch_size or 32)
-    try:
-        device = resolve_device(device)
+    options = engine_options(engine, address, max(1, workers), batch_size or 32, device)
+    try:  # with --engine ray the encoder runs on the workers: this machine's devices do not matter
+        device = resolve_device(device) if options is None else worker_device(options)
     except ValueError as exc:  # "no CUDA device: ...", one line
         fail(err, exc)
     show = err.is_terminal if progress is None else progress
@@ -104,7 +104,7 @@ def embed(
         else:
             from artlens.engine import ray_embed_manifest
 
-            result = ray_embed_manifest(df, backbone, store_root=store, options=options, progress=show)
+            result = ray_embed_manifest(df, backbone, store_root=store, options=options, device=device, progress=show)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: the vectors computed so far are saved; run the same command to resume")
         raise typer.Exit(EXIT_ERROR)

@@ -54,12 +54,14 @@ def predict(
     from artlens.predict import Predictor, expand_inputs
 
     err = Console(stderr=True)
-    options = engine_options(engine, address, workers, batch_size or 32)
+    options = engine_options(engine, address, workers, batch_size or 32, device)
     if options is None and workers is not None:
         raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
     thresholds = _parse_thresholds(threshold)
     try:
-        predictor = Predictor(model, top_k=top_k, thresholds=thresholds, device=resolve_device(device))
+        # with --engine ray the model runs on the workers: this machine's devices do not matter
+        predictor = Predictor(model, top_k=top_k, thresholds=thresholds,
+                              device=resolve_device(device) if options is None else "cpu")
         files = expand_inputs(paths)
     except (ModelFormatError, ValueError, OSError) as exc:  # DeviceError ("no CUDA device") is a ValueError
         fail(err, exc)
@@ -96,7 +98,7 @@ def predict(
         from artlens.engine import ray_iter_predict
 
         rows = ray_iter_predict(files, predictor.model, top_k=top_k, thresholds=thresholds, options=options,
-                                on_progress=on_progress)
+                                device=worker_device(options), on_progress=on_progress)
     try:
         for row in engine_rows(err, rows):
             if row["error"]:
@@ -128,9 +130,11 @@ def predict(
     raise typer.Exit(EXIT_OK)
 
 
-def engine_options(engine: str, address: str | None, workers: int | None, batch_size: int):
+def engine_options(engine: str, address: str | None, workers: int | None, batch_size: int, device: str = "cpu"):
     """`RayOptions` for `--engine ray`, None for the local engine; options that only Ray takes are
-    a usage error without it."""
+    a usage error without it. With Ray, `--device cuda` gives each actor a GPU (Ray picks which:
+    inside an actor it is `cuda`); `auto` and `cpu` run on the workers' CPUs (the driver cannot see
+    the cluster's GPUs)."""
     engine = engine.strip().lower()
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"--engine is local or ray, not {engine!r}")
@@ -140,7 +144,13 @@ def engine_options(engine: str, address: str | None, workers: int | None, batch_
         return None
     from artlens.engine import RayOptions
 
-    return RayOptions(address=address or None, workers=workers or 2, batch_size=batch_size)
+    return RayOptions(address=address or None, workers=workers or 2, batch_size=batch_size,
+                      gpus_per_worker=1.0 if device.strip().lower().startswith("cuda") else 0.0)
+
+
+def worker_device(options) -> str:
+    """The device the Ray actors run the model on."""
+    return "cuda" if options.gpus_per_worker else "cpu"
 
 
 def engine_rows(err, rows):

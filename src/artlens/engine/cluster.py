@@ -27,7 +27,8 @@ class RayOptions:
     address: None starts a local Ray instance (or joins the one `RAY_ADDRESS` names, as inside a
     KubeRay RayJob); `"auto"` joins the cluster this node belongs to; `"ray://host:10001"` goes
     through Ray Client. workers: model actors (each loads the model once). cpus_per_worker: the CPUs
-    each actor asks for and the encoder threads it runs. decode_cpus: CPUs per decoding task.
+    each actor asks for and the encoder threads it runs. gpus_per_worker: GPUs each actor asks for
+    (with `device="cuda"`; 0 on CPU clusters). decode_cpus: CPUs per decoding task.
     batch_size: images per model call. object_store_mb: the local instance's object store (on a
     cluster the cluster's own setting holds). max_restarts / max_task_retries: how often a killed
     actor is restarted and its batch retried before the run fails.
@@ -37,6 +38,7 @@ class RayOptions:
     workers: int = 2
     cpus_per_worker: float = 1.0
     decode_cpus: float = 1.0
+    gpus_per_worker: float = 0.0
     batch_size: int = 32
     object_store_mb: int = 512
     max_restarts: int = 4
@@ -48,8 +50,8 @@ class RayOptions:
             raise ValueError(f"workers must be at least 1 (got {self.workers})")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {self.batch_size})")
-        if self.cpus_per_worker <= 0 or self.decode_cpus <= 0:
-            raise ValueError("cpus_per_worker and decode_cpus must be positive")
+        if self.cpus_per_worker <= 0 or self.decode_cpus <= 0 or self.gpus_per_worker < 0:
+            raise ValueError("cpus_per_worker and decode_cpus must be positive, gpus_per_worker not negative")
 
     def retry_args(self, map_batches) -> dict:
         """The actors' restart and retry limits, where this Ray's `map_batches` still takes them

@@ -36,6 +36,7 @@ def ray_embed_manifest(
     *,
     backbone_state=None,
     preprocessing=None,
+    device: str = "cpu",
     options: RayOptions | None = None,
     progress: bool = False,
     shard_size: int = 256,
@@ -45,7 +46,8 @@ def ray_embed_manifest(
     """`embed_manifest(df, backbone, store_root, ...)` on Ray: same store, same result.
 
     `backbone_state` / `preprocessing`: a fine-tuned model's backbone (as `get_encoder` takes
-    them); they travel to the actors through the object store."""
+    them); they travel to the actors through the object store. `device`: where the actors run the
+    encoder (`cuda` needs `options.gpus_per_worker`)."""
     import pandas as pd
 
     if isinstance(backbone, Encoder):
@@ -65,7 +67,8 @@ def ray_embed_manifest(
                 hashes[i] = h.lower()
     reasons: dict[int, str] = {}
 
-    enc_kwargs = {"backbone_name": backbone, "backbone_state": backbone_state, "preprocessing": preprocessing}
+    enc_kwargs = {"backbone_name": backbone, "backbone_state": backbone_state, "preprocessing": preprocessing,
+                  "device": device}
     info = describe_encoder(partial(get_encoder, **enc_kwargs), options)
     store = EmbeddingStore(store_root, info["backbone_id"], dim=info["dim"], shard_size=shard_size, backbone=info["name"])
     stats = EmbedStats(backbone_id=info["backbone_id"], dim=info["dim"], rows=n)

@@ -27,7 +27,10 @@ def describe_encoder(make: Callable[[], Any], options: RayOptions) -> dict[str, 
     """`encoder_info(make)` run once on a Ray worker that exits afterwards (its memory freed). A
     model that cannot load there is one `EngineError`."""
     ray = connect(options)
-    task = ray.remote(num_cpus=min(1.0, options.cpus_per_worker), max_calls=1, max_retries=1)(encoder_info)
+    if options.gpus_per_worker and ray.cluster_resources().get("GPU", 0) < options.gpus_per_worker:
+        raise EngineError("GPU workers asked for (--device cuda), but the Ray cluster has no GPU")
+    task = ray.remote(num_cpus=min(1.0, options.cpus_per_worker), num_gpus=options.gpus_per_worker,
+                      max_calls=1, max_retries=1)(encoder_info)
     try:
         return ray.get(task.remote(make))
     except Exception as exc:
@@ -101,6 +104,7 @@ def run(
             # no more actors than batches: a small input does not start (and load the model in) idle ones
             compute=ray.data.ActorPoolStrategy(size=max(1, min(options.workers, math.ceil(len(paths) / options.batch_size)))),
             num_cpus=options.cpus_per_worker,
+            num_gpus=options.gpus_per_worker or None,
             **options.retry_args(ds.map_batches),
         )
     yield from _stream(ds)

@@ -26,6 +26,7 @@ def ray_iter_predict(
     top_k: int = 3,
     thresholds: dict[str, float] | float | None = None,
     encoder=None,
+    device: str = "cpu",
     options: RayOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
@@ -33,7 +34,8 @@ def ray_iter_predict(
     `{"path", "error", "tasks"}` per path, in input order, with the same answers, computed on Ray.
 
     The model is loaded here and shipped to the actors (the cluster needs only the images at the
-    same paths); `encoder` (optional) must be picklable, as it travels to them too.
+    same paths); `encoder` (optional) must be picklable, as it travels to them too. `device`: where
+    the actors run the model (`cuda` needs `options.gpus_per_worker`).
     `on_progress(n)`: n more images answered (in any order)."""
     from artlens.models.artmodel import ArtModel
     from artlens.predict import Predictor
@@ -47,6 +49,8 @@ def ray_iter_predict(
         model = ArtModel.load(model)
     kwargs = {"model": model, "top_k": top_k, "thresholds": thresholds, "encoder": encoder}
     Predictor(**kwargs)  # bad thresholds fail here, before any worker starts
+    if device != "cpu":  # Predictors before the device option take none
+        kwargs["device"] = device
     paths = [str(p) for p in paths]
     if not paths:
         return
