@@ -28,7 +28,7 @@ def model_side(st: ServerState) -> int:
 
 
 def mpx(n: int) -> str:
-    return f"{n / 1e6:.1f} Mpx"
+    return f"{n / 1e6:.3g} Mpx"
 
 
 class Decoding:
@@ -73,7 +73,7 @@ class Decoding:
             if not budget.try_acquire(cost):
                 if self.kept and self.before_wait is not None:
                     self.before_wait()  # use the pictures held and let them go first
-                self.release_kept()
+                    self.release_kept()
                 if not budget.acquire(cost, self.deadline - time.monotonic()):
                     raise ApiError(503, "busy", f"{up.name}: no decoding memory free within the time limit",
                                    {"retry-after": "5"})
