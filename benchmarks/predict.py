@@ -1,65 +1,131 @@
 #!/usr/bin/env python
-"""`artlens predict` as a user runs it: cold start, images/s over a folder, peak RSS.
+"""`artlens predict FOLDER` as a user runs it, the previous code path beside the current one.
 
-    .venv/bin/python benchmarks/predict.py [--images 500] [--model DIR]
+    .venv/bin/python benchmarks/predict.py [--images 500] [--rounds 2] [--model DIR] [--baseline REV]
 
-Each measurement is a fresh process (the CLI), so start-up cost is included. Targets on the
-2-core reference machine: cold start < 5 s, >= 15 images/s, peak RSS < 1.5 GB. The batch-
-independent CLIP model must already be built (the first run ever builds it, a few seconds).
+Each measurement is a fresh process (`python -m artlens predict FOLDER --json`), so start-up cost
+is included. The previous path is the `src/artlens` of git revision `--baseline` (default: the
+last commit before issue 18's CPU work), exported to a temporary folder and put first on
+PYTHONPATH; the current one is this checkout's. Runs alternate (previous, current, previous,
+current, ...) so that load from other processes hits both alike; the load average is printed.
+Both must give the same answers: every image's labels and probabilities are compared.
+
+Targets on the 2-core reference machine: cold start < 5 s, >= 30 images/s, peak RSS < 1.5 GB.
+The batch-independent CLIP model must already be built (the first run ever builds it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from io import BytesIO
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "wikiart-styles"
+# The last commit whose predict path predates issue 18 (pipeline, shared session, runner slices).
+BASELINE = "2375595"
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and the child's peak RSS (bytes) of one fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 2):
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    # ru_maxrss is the max over all children so far (kB on Linux): only meaningful if it grew.
-    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) * 1024
-    return wall, peak
+def export(rev: str, dst: Path) -> Path:
+    """`src/artlens` of `rev` under dst/src (git archive: read-only, no worktree)."""
+    try:
+        data = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/artlens"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"cannot export {rev} (a git checkout with that commit is needed; --baseline none skips it): {exc}")
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(dst, filter="data")
+    return dst / "src"
+
+
+def run(src: Path, args: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and stdout of one fresh `python -m artlens predict` process."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "artlens", "predict", *args], stdout=subprocess.PIPE,
+                                stderr=err, text=True, env=env)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode not in (0, 2):
+            err.seek(0)
+            sys.exit(f"predict ({src}) failed ({proc.returncode}): {err.read()[-2000:]}")
+    return wall, usage.ru_maxrss * 1024, out  # ru_maxrss is in kB on Linux
+
+
+def answers(stdout: str) -> dict[str, dict]:
+    rows = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return {Path(r["path"]).name: {t: (v["label"], [(x["label"], x["prob"]) for x in v["top"]])
+                                   for t, v in r["tasks"].items()} for r in rows}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each path, alternating")
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--baseline", default=BASELINE, help="git revision of the previous path, or 'none'")
     args = ap.parse_args()
-    exe = str(Path(sys.executable).parent / "artlens")
     model = ["--model", str(args.model)] if args.model else []
-    files = sorted(DATA.rglob("*.jpg"))[:: max(1, len(list(DATA.rglob("*.jpg"))) // args.images)][: args.images]
+    every = sorted(DATA.rglob("*.jpg"))
+    files = every[:: max(1, len(every) // args.images)][: args.images]
     if not files:
         sys.exit(f"no images under {DATA}")
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         for i, f in enumerate(files):  # a flat folder of links: the CLI walks it like a user's folder
             os.symlink(f, folder / f"{i:04d}_{f.name}")
-        run([exe, "predict", str(files[0]), "--json", *model])  # warm the OS file cache and the CLIP build
-        cold, _ = run([exe, "predict", str(files[1]), "--json", *model])
-        wall, peak = run([exe, "predict", str(folder), "--json", *model])
-    load = os.getloadavg()[0]
-    print(f"{'measure':<28}{'value':>12}  target")
-    print(f"{'cold start (s)':<28}{cold:>12.2f}  < 5")
-    print(f"{'images/s (' + str(len(files)) + ' images)':<28}{len(files) / wall:>12.2f}  >= 15")
-    print(f"{'peak RSS (MB)':<28}{peak / 2**20:>12.0f}  < 1536")
-    print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores")
+        paths = {"current": REPO / "src"}
+        if args.baseline != "none":
+            paths = {f"previous ({args.baseline})": export(args.baseline, Path(tmp) / "baseline"), **paths}
+        results = {k: {"cold": [], "wall": [], "peak": 0, "answers": None} for k in paths}
+        for src in paths.values():  # warm the OS file cache and the CLIP build
+            run(src, [str(files[0]), "--json", *model])
+        for _ in range(args.rounds):
+            for name, src in paths.items():
+                cold, _, _ = run(src, [str(files[1]), "--json", *model])
+                wall, peak, out = run(src, [str(folder), "--json", *model])
+                r = results[name]
+                r["cold"].append(cold)
+                r["wall"].append(wall)
+                r["peak"] = max(r["peak"], peak)
+                r["answers"] = answers(out)
+    load_end = os.getloadavg()
+
+    n = len(files)
+    names = list(results)
+    print(f"artlens predict over {n} WikiArt images, {args.rounds} alternating runs per path "
+          f"({os.cpu_count()} cores; load average at the start {load_start[0]:.1f}, at the end {load_end[0]:.1f})")
+    header = f"{'measure':<26}" + "".join(f"{k:>24}" for k in names) + "  target"
+    print(header)
+    print("-" * len(header))
+    rows = [
+        ("cold start (s), median", lambda r: f"{statistics.median(r['cold']):.2f}", "< 5"),
+        ("images/s, best run", lambda r: f"{n / min(r['wall']):.2f}", ">= 30"),
+        ("images/s, median", lambda r: f"{n / statistics.median(r['wall']):.2f}", ""),
+        ("peak RSS (MB)", lambda r: f"{r['peak'] / 2**20:.0f}", "< 1536"),
+    ]
+    for label, fmt, target in rows:
+        print(f"{label:<26}" + "".join(f"{fmt(results[k]):>24}" for k in names) + f"  {target}")
+    if len(names) == 2:
+        old, new = (results[k] for k in names)
+        print(f"speed-up (best runs): {min(old['wall']) / min(new['wall']):.2f}x")
+        same = old["answers"] == new["answers"]
+        differ = [k for k in new["answers"] if old["answers"].get(k) != new["answers"][k]]
+        print(f"same labels and probabilities for every image: {'yes' if same else 'NO'}"
+              + (f" ({len(differ)} differ, e.g. {differ[:3]})" if differ else ""))
+        return 0 if same else 1
     return 0
 
 
