@@ -154,3 +154,44 @@ def test_torch_rebuild_is_stable_and_is_the_registry_backbone(torch_model):
     assert grid.shape == (1, 768, 14, 14)
     # The gradient reaches the patch tokens through the last block's attention: a spatial map.
     assert float(grid.abs().sum(1).std()) > 0
+
+
+def test_runner_slices_give_the_same_bits(pixels):
+    probe, mates = pixels
+    x = np.concatenate([probe, mates[:5]])  # 11 images: slices of 2 end in one of 3, slices of 4 in one of 3
+    with C.ClipOnnxRunner(workers=2, slice_size=2) as two, C.ClipOnnxRunner(workers=2, slice_size=4) as four:
+        assert np.array_equal(two.features(x), four.features(x))
+        assert len(two.sessions) == 1  # one session, shared by the threads
+
+
+def test_int8_emulation_in_torch_agrees_with_the_onnx_encoder(pixels):
+    """The GPU path's arithmetic, checked on the CPU: features within cosine 0.99 of onnxruntime's
+    (measured 0.997-0.999: float rounding moves a few INT8 steps), closer than the fp32 rebuild."""
+    from artlens.models.clip.torch_int8 import emulate_int8
+
+    probe, _ = pixels
+    with C.ClipOnnxRunner(workers=2) as runner:
+        ref = runner.features(probe)
+    backbone = create_backbone("clip-vit-b16")
+    with torch.inference_mode():
+        fp32 = torch.nn.functional.normalize(backbone(torch.from_numpy(probe)), dim=1).numpy()
+        emulated = emulate_int8(backbone)(torch.from_numpy(probe)).numpy()
+    cos, cos_fp32 = (emulated * ref).sum(1), (fp32 * ref).sum(1)
+    assert cos.min() >= 0.99 and cos.mean() > cos_fp32.mean(), (cos, cos_fp32)
+    assert sum(type(m).__name__ == "PerTokenInt8Linear" for m in backbone.modules()) == 73
+
+
+@pytest.mark.skipif(not __import__("artlens.models.device", fromlist=["x"]).cuda_device_count(), reason="no CUDA device")
+def test_cuda_features_agree_with_the_cpu(pixels):
+    """Untested on real hardware when written (no GPU there): CLIP (INT8 emulation) and a CNN on the
+    GPU give the CPU encoders' features to cosine >= 0.99."""
+    from artlens.embed import get_encoder
+
+    probe, _ = pixels  # CLIP-normalised 224 px inputs: as good as any for comparing two devices
+    for name in ("clip-vit-b16", "efficientnet-lite0"):
+        cpu, gpu = get_encoder(name, device="cpu"), get_encoder(name, device="cuda")
+        assert gpu.device == "cuda" and gpu.batch_size > cpu.batch_size
+        cos = (cpu.embed_batch(probe) * gpu.embed_batch(probe)).sum(1)
+        assert cos.min() >= 0.99, (name, cos)
+    # the GPU's CLIP vectors are not bit-identical to onnxruntime's: the store keeps them apart
+    assert get_encoder("clip-vit-b16", device="cuda").backbone_id != get_encoder("clip-vit-b16").backbone_id

@@ -204,3 +204,106 @@ def test_cli_predict_model_that_cannot_load_is_one_error(tmp_path):
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("error: cannot load model") and str(tmp_path / "model") in lines[0]
     assert "mean-colour" in lines[0] and "a.png" not in run.output
+
+
+# ---------------------------------------------------------------------------- the pipeline and devices
+class SlowColourEncoder(MeanColourEncoder):
+    """Records the batches it is given; a little slow, so that decoding runs ahead of it."""
+
+    def __init__(self):
+        self.batches = []
+
+    def embed_batch(self, batch):
+        import time
+
+        time.sleep(0.01)
+        self.batches.append(len(batch))
+        return super().embed_batch(batch)
+
+
+def test_pipeline_keeps_order_and_errors_at_any_batch_size(image_factory, tmp_path):
+    files = []
+    for i in range(11):
+        if i in (0, 4, 10):
+            bad = tmp_path / f"{i:02d}-bad.png"
+            bad.write_bytes(b"not a png")
+            files.append(str(bad))
+        else:
+            files.append(str(image_factory(f"{i:02d}.png", color=(250, 5, 5) if i % 2 else (5, 5, 250))))
+    for size in (1, 2, 3, 32):
+        enc = SlowColourEncoder()
+        rows = Predictor(_colour_model(), encoder=enc).predict_paths(files, batch_size=size)
+        assert [r["path"] for r in rows] == files
+        for i, r in enumerate(rows):
+            if i in (0, 4, 10):
+                assert r["error"] and not r["tasks"]
+            else:
+                assert r["error"] is None and r["tasks"]["colour"]["label"] == ("red" if i % 2 else "blue")
+        # every good image encoded once, in batches no larger than asked (bad files leave gaps)
+        assert sum(enc.batches) == 8 and max(enc.batches) <= size
+
+
+def test_pipeline_stops_cleanly_when_the_caller_stops(image_factory):
+    import threading
+
+    files = [str(image_factory(f"{i}.png", color=(250, 5, 5))) for i in range(40)]
+    enc = SlowColourEncoder()
+    before = threading.active_count()
+    it = Predictor(_colour_model(), encoder=enc).iter_predict(files, batch_size=4)
+    assert next(it)["tasks"]["colour"]["label"] == "red"
+    it.close()  # the decode and encode threads finish their current item and go away
+    assert threading.active_count() == before
+    assert sum(enc.batches) < 40  # queued batches were dropped, not encoded
+
+
+def test_heads_run_on_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import artlens.predict as P
+
+    seen = []
+    model = _colour_model()
+    real = model.head_logits
+
+    def spy(features):
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return real(features)
+
+    monkeypatch.setattr(model, "head_logits", spy)
+    rows = P.Predictor(model, encoder=MeanColourEncoder()).predict_features(np.array([[0.9, 0.1, 0.0]], np.float32))
+    assert rows[0]["colour"]["label"] == "red"
+    assert seen and all(n == 1 for n in seen[0])
+
+
+def test_devices_resolve_and_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
+    import artlens.models.device as D
+
+    monkeypatch.setattr(D, "cuda_device_count", lambda: 0)
+    assert D.resolve_device("cpu") == "cpu"
+    assert D.resolve_device("auto") == D.resolve_device(None) == "cpu"
+    with pytest.raises(D.DeviceError, match="^no CUDA device: .*use --device cpu or auto"):
+        D.resolve_device("cuda")
+    with pytest.raises(D.DeviceError, match="unknown device 'tpu'"):
+        D.resolve_device("tpu")
+    monkeypatch.setattr(D, "cuda_device_count", lambda: 1)
+    assert D.resolve_device("auto") == "cuda" and D.resolve_device("CUDA:0") == "cuda:0"
+    with pytest.raises(D.DeviceError, match="no CUDA device 1: 1 visible"):
+        D.resolve_device("cuda:1")
+    assert D.default_batch_size("cpu", "vit") == 32 and D.default_batch_size("cuda:0", "vit") > 32
+
+
+def test_cli_device_cuda_without_a_gpu_exits_1_with_one_line(tmp_path, monkeypatch, image_factory):
+    from typer.testing import CliRunner
+
+    import artlens.models.device as D
+    from artlens.cli import app
+
+    monkeypatch.setattr(D, "cuda_device_count", lambda: 0)
+    _colour_model().save(tmp_path / "model")
+    img = str(image_factory("red.png", color=(250, 5, 5)))
+    for command in (["predict", img, "--model", str(tmp_path / "model")], ["explain", str(tmp_path / "model"), img],
+                    ["embed", str(tmp_path)]):
+        run = CliRunner().invoke(app, [*command, "--device", "cuda"])
+        assert run.exit_code == 1, (command, run.output)
+        lines = [line for line in run.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "no CUDA device" in lines[0], (command, run.output)

@@ -45,7 +45,7 @@ def per_token_linear_class():
             if q.dtype != np.int8 or q.ndim != 2:
                 raise ValueError(f"expected an int8 [in, out] weight, got {q.dtype} {q.shape}")
             self.in_features, self.out_features = q.shape
-            self.register_buffer("weight_q", torch.from_numpy(np.ascontiguousarray(q)))
+            self.register_buffer("weight_q", torch.from_numpy(np.array(q, order="C")))  # a writable copy
             self.register_buffer("weight_q_float", torch.from_numpy(q.astype(np.float32)))
             w_scale = np.asarray(weight_scale, np.float32).reshape(-1)
             if w_scale.size not in (1, self.out_features):
