@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/embed_throughput.py                  # 512 WikiArt images, default configs
     .venv/bin/python benchmarks/embed_throughput.py --n 256 --configs clip-vit-b16:pool:2
+    .venv/bin/python benchmarks/embed_throughput.py --device cuda --n 4096   # on a GPU machine
 
 Each configuration runs in a fresh process (so peak RSS is its own) against an empty temporary
 store, over the same images from ../shared/datasets. Configurations are `backbone:loader:workers`
@@ -9,6 +10,8 @@ with loader `pool` (artlens' embed_manifest: worker processes decode ahead of th
 `dataloader` (torch DataLoader doing the same decoding, for comparison; no store). Model loading
 is timed apart. Then a batch-independence check: images embedded alone vs inside a mixed batch
 of 32 must agree (cosine >= 0.999). The target on a 2-core machine is >= 15 images/s for CLIP.
+`--device` (default auto: the GPU when there is one) picks where the encoders run; the batch size
+defaults to the device's (artlens.models.device.default_batch_size) and the device is printed.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _peak_mb(who: int) -> float:
 
 
 # --------------------------------------------------------------------------- one configuration
-def child(cfg: str, manifest_path: str, batch_size: int) -> dict:
+def child(cfg: str, manifest_path: str, batch_size: int | None, device: str) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -66,7 +69,8 @@ def child(cfg: str, manifest_path: str, batch_size: int) -> dict:
     t0 = time.perf_counter()
     from artlens.embed import embed_manifest, get_encoder
 
-    enc = get_encoder(backbone)
+    enc = get_encoder(backbone, device=device)
+    batch_size = batch_size or enc.batch_size
     enc.embed_batch(np.stack([enc.preprocess(_first_image(df))] * 2))  # warm up the runtime
     load_s = time.perf_counter() - t0
 
@@ -83,6 +87,8 @@ def child(cfg: str, manifest_path: str, batch_size: int) -> dict:
     cpu = _cpu_s() - cpu0
     return {
         "config": cfg,
+        "device": enc.device if hasattr(enc, "device") else "cpu",
+        "batch_size": batch_size,
         "backbone_id": enc.backbone_id,
         "images": done,
         "seconds": round(seconds, 2),
@@ -132,13 +138,13 @@ def _dataloader_run(enc, paths, batch_size, workers) -> int:
     return done
 
 
-def batch_independence(backbone: str, paths: list[str]) -> dict:
+def batch_independence(backbone: str, paths: list[str], device: str) -> dict:
     import numpy as np
 
     from artlens.data.images import load_image
     from artlens.embed import get_encoder
 
-    enc = get_encoder(backbone)
+    enc = get_encoder(backbone, device=device)
     imgs = [enc.preprocess(load_image(p)) for p in paths[:32]]
     batch = enc.embed_batch(np.stack(imgs))
     alone = np.concatenate([enc.embed_batch(x[None]) for x in imgs[:8]])
@@ -154,12 +160,25 @@ def batch_independence(backbone: str, paths: list[str]) -> dict:
     }
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "CPU"
+
+
 # --------------------------------------------------------------------------- driver
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the device's (32 on the CPU)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: a GPU when there is one)")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated backbone:loader:workers")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -167,8 +186,11 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.child:
-        print(json.dumps(child(args.child, args.manifest, args.batch_size)))
+        print(json.dumps(child(args.child, args.manifest, args.batch_size, args.device)))
         return
+    from artlens.models.device import resolve_device
+
+    args.device = resolve_device(args.device)  # "no CUDA device" here, not in every child
 
     import pandas as pd
     from rich.console import Console
@@ -181,8 +203,8 @@ def main() -> None:
     paths = pick_images(args.data, args.n)
     load_before = os.getloadavg()
     console = Console(width=None if sys.stdout.isatty() else 150)
-    console.print(f"{len(paths)} images from {args.data}; {os.cpu_count()} CPUs; load average before: "
-                  + " ".join(f"{x:.2f}" for x in load_before))
+    console.print(f"{len(paths)} images from {args.data}; device {args.device} ({_device_name(args.device)}); "
+                  f"{os.cpu_count()} CPUs; load average before: " + " ".join(f"{x:.2f}" for x in load_before))
     configs = [c for c in args.configs.split(",") if c]
     results, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +212,8 @@ def main() -> None:
         # hashes up front: the benchmark measures embedding, not hashing
         pd.DataFrame({"path": paths, "sha256": [file_sha256(p) for p in paths]}).to_parquet(manifest)
         for cfg in configs:
-            cmd = [sys.executable, __file__, "--child", cfg, "--manifest", str(manifest), "--batch-size", str(args.batch_size)]
+            cmd = [sys.executable, __file__, "--child", cfg, "--manifest", str(manifest), "--device", args.device]
+            cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 console.print(f"[red]{cfg} failed[/red]: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
@@ -199,16 +222,16 @@ def main() -> None:
             console.print(f"  {cfg}: {results[-1]['images_per_s']} images/s")
         for backbone in dict.fromkeys(c.split(":")[0] for c in configs):
             try:
-                checks.append(batch_independence(backbone, paths))
+                checks.append(batch_independence(backbone, paths, args.device))
             except Exception as exc:  # report, keep the table
                 console.print(f"[red]batch check {backbone} failed[/red]: {exc}")
 
-    table = Table(title=f"embedding throughput, {len(paths)} images, batch {args.batch_size}")
-    for col in ("backbone", "loader", "workers", "images", "seconds", "images/s", "CPU s/image", "load s", "peak RSS MB", "worker peak RSS MB"):
+    table = Table(title=f"embedding throughput on {args.device}, {len(paths)} images")
+    for col in ("backbone", "loader", "workers", "batch", "images", "seconds", "images/s", "CPU s/image", "load s", "peak RSS MB", "worker peak RSS MB"):
         table.add_column(col, justify="left" if col in ("backbone", "loader") else "right")
     for r in results:
         b, loader, w = r["config"].split(":")
-        table.add_row(b, loader, w, str(r["images"]), f"{r['seconds']:.1f}", f"{r['images_per_s']:.2f}", f"{r['cpu_s_per_image']:.3f}", f"{r['load_s']:.1f}",
+        table.add_row(b, loader, w, str(r["batch_size"]), str(r["images"]), f"{r['seconds']:.1f}", f"{r['images_per_s']:.2f}", f"{r['cpu_s_per_image']:.3f}", f"{r['load_s']:.1f}",
                       f"{r['peak_rss_mb']:.0f}", f"{r['peak_worker_rss_mb']:.0f}")
     console.print(table)
     tb = Table(title="batch independence (cosine of an image alone vs inside a batch)")
