@@ -188,9 +188,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.manifest, args.batch_size, args.device)))
         return
-    from artlens.models.device import resolve_device
+    from artlens.models.device import DeviceError, resolve_device
 
-    args.device = resolve_device(args.device)  # "no CUDA device" here, not in every child
+    try:
+        args.device = resolve_device(args.device)  # "no CUDA device" here, not in every child
+    except DeviceError as exc:
+        raise SystemExit(str(exc)) from None
 
     import pandas as pd
     from rich.console import Console
