@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from artlens.embed import Encoder, l2_normalize
-from artlens.retrieval import FaissIndex, RetrievalError, contact_sheet, similar
-from artlens.retrieval.index import check_encoder
+from artlens.retrieval import FaissIndex, RetrievalError, check_encoder, contact_sheet, similar
 
 DIM = 32
 

@@ -88,7 +88,7 @@ def fail(console, message: object) -> NoReturn:
 def _register() -> None:
     import importlib
 
-    for name in ("data", "embed", "train", "evaluate", "predict", "explain", "serve", "artist"):
+    for name in ("data", "embed", "train", "evaluate", "predict", "explain", "retrieval", "serve", "artist"):
         try:
             importlib.import_module(f"artlens.cli.{name}")
         except ModuleNotFoundError as exc:  # a stage not written yet

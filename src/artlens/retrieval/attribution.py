@@ -261,7 +261,7 @@ def attribute(
             for ms in att.attribute(queries, **kw)
         ]
     if encoder is None:
-        from artlens.retrieval.index import query_encoder
+        from artlens.retrieval import query_encoder
 
         encoder = query_encoder(att.index)
     paths = [str(p) for p in queries]

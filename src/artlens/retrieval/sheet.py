@@ -91,3 +91,19 @@ def contact_sheet(
             draw.text((x, ty), _fit(draw, line, font, thumb), fill=fill, font=font)
             ty += font_size + 4
     return sheet
+
+
+def write_sheet(path: str | Path, query: Image.Image, neighbours: Sequence[Neighbour], result: dict,
+                query_caption: str = "query") -> Path:
+    """The contact sheet as PNG at `path` and `result` (the neighbours as JSON) beside it, atomically."""
+    import io
+    import json
+
+    from artlens.paths import atomic_write_bytes, atomic_write_text
+
+    path = Path(path)
+    buf = io.BytesIO()
+    contact_sheet(query, neighbours, query_caption=query_caption).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_text(path.with_suffix(".json"), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return path
