@@ -182,7 +182,7 @@ def test_index_from_store_refuses_crafted_info(tmp_path):
     import pandas as pd
 
     from artlens.embed.store import StoreError
-    from artlens.retrieval.index import index_from_store
+    from artlens.retrieval import index_from_store
 
     (tmp_path / "backbone.json").write_text(json.dumps({"backbone_id": "x", "backbone": "../../x"}))
     with pytest.raises(StoreError, match="'backbone'"):

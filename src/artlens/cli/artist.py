@@ -158,7 +158,7 @@ def attribute(
     from artlens.predict import expand_inputs
     from artlens.predict import Predictor
     from artlens.retrieval.attribution import Attributor, embed_paths
-    from artlens.retrieval.index import FaissIndex, RetrievalError, index_embeddings, query_encoder
+    from artlens.retrieval import FaissIndex, RetrievalError, index_embeddings, query_encoder
 
     err = Console(stderr=True)
     try:

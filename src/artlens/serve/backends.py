@@ -156,7 +156,7 @@ class FaissBackend:
         return len(self.index)
 
     def search_image(self, image, k: int, sha256: str | None = None) -> list[dict[str, Any]]:
-        from artlens.retrieval.index import similar
+        from artlens.retrieval import similar
 
         found = similar(self.index, image, k, encoder=self.encoder, query_sha256=sha256)
         return [
@@ -191,7 +191,7 @@ class FaissBackend:
 
 def load_faiss_backend(index_dir: Path, predictor) -> FaissBackend:
     """Load an index directory; reuse the model's encoder when it made the index."""
-    from artlens.retrieval.index import FaissIndex, RetrievalError, check_encoder, query_encoder
+    from artlens.retrieval import FaissIndex, RetrievalError, check_encoder, query_encoder
 
     index = FaissIndex.load(index_dir)
     try:
