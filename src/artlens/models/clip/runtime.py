@@ -105,9 +105,10 @@ class ClipOnnxRunner:
         from concurrent.futures import ThreadPoolExecutor
 
         self.slice_size = max(1, int(slice_size))
-        self.workers = max(1, int(workers or _cores()))
-        # Ready-made sessions (other providers, tests) take turns; by default one session, shared.
+        # Ready-made sessions (other providers, tests) take turns, a thread each unless `workers`
+        # says otherwise; by default one session, shared by one thread per core.
         self.sessions = list(sessions) if sessions is not None else [clip_onnx_session(weights, threads=1)]
+        self.workers = max(1, int(workers or (len(self.sessions) if sessions is not None else _cores())))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clip-onnx") if self.workers > 1 else None
 
     def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
