@@ -289,3 +289,207 @@ def test_cli_index_from_a_store_and_similar_beside_a_model(tmp_path, image_facto
     assert json.loads(res.stdout)["neighbours"][0]["labels"]["style"] == "red"
     res = runner.invoke(app, ["index", str(store_dir), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "--manifest" in res.output
+
+
+# --------------------------------------------------------------------------- search modes (spaces)
+def _label_precision(idx, x, labels, by, k=5):
+    hits = []
+    for i in range(0, len(x), 7):
+        ns = idx.neighbours(x[i], k, by=by, exclude={i})
+        hits += [labels[n.id] == labels[i] for n in ns]
+    return float(np.mean(hits))
+
+
+def nuisance_data(n=500, dim=24, seed=1):
+    """Labels carried by a weak direction; a strong nuisance (pose, colour) clusters the pictures otherwise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    nuisance = rng.integers(0, 5, n)
+    x = 3.0 * rng.normal(size=(5, dim))[nuisance] + 0.8 * rng.normal(size=(n, dim))
+    x[:, :4] += 2.0 * np.eye(4)[labels]
+    return x.astype(np.float32), np.array([f"s{v}" for v in labels], dtype=object)
+
+
+def test_a_label_space_finds_the_label_plain_cosine_misses(tmp_path):
+    from artlens.retrieval import fit_label_space
+    from artlens.retrieval.spaces import read_spaces, spaces_bytes
+
+    x, labels = nuisance_data()
+    space = fit_label_space("style", x[:400], labels[:400])
+    assert space.learned and space.dim == 24 + 3  # the features beside a 3-d LDA (4 labels)
+    rows = pd.DataFrame({"path": [f"/a/{i}.jpg" for i in range(500)], "style": labels})
+    idx = FaissIndex.build(x, rows, spaces={"style": space}, default_mode="style")
+    assert idx.modes == ["style", "features"] and idx.default_mode == "style"
+    held_out = np.arange(400, 500)
+    plain = np.mean([[labels[n.id] == labels[i] for n in idx.neighbours(x[i], 5, by="features", exclude={i})] for i in held_out])
+    learned = np.mean([[labels[n.id] == labels[i] for n in idx.neighbours(x[i], 5, exclude={i})] for i in held_out])
+    assert learned > plain + 0.1, (plain, learned)  # 0.63 -> 0.78
+
+    # the spaces travel with the index, byte for byte
+    idx.save(tmp_path / "i")
+    again = FaissIndex.load(tmp_path / "i")
+    assert again.default_mode == "style" and again.spaces["style"].digest() == space.digest()
+    q = x[450] + 0.1
+    assert [n.id for n in again.neighbours(q, 6)] == [n.id for n in idx.neighbours(q, 6)]
+    meta, back = read_spaces(spaces_bytes({"style": space}, backbone="toy"), "mem")
+    assert meta["backbone"] == "toy"
+    np.testing.assert_allclose(back["style"].project(x[:5]), space.project(x[:5]), atol=1e-6)
+    with pytest.raises(RetrievalError, match="cannot search by 'artist'.*style, features"):
+        idx.neighbours(q, 3, by="artist")
+    with pytest.raises(RetrievalError, match="fewer|2 or more"):
+        fit_label_space("style", x[:10], ["a"] * 10)
+
+
+def test_duplicates_are_judged_on_the_features_not_the_mode(data):
+    x, rows, labels = data
+    from artlens.retrieval import fit_label_space
+
+    space = fit_label_space("style", x, rows["style"], weight=20.0)  # the label block all but decides
+    idx = FaissIndex.build(x, rows, spaces={"style": space}, default_mode="style")
+    ns = idx.neighbours(x[3], 10)
+    # in the style space many paintings of x[3]'s cluster sit near cosine 1; only x[3] is a copy
+    assert [n.id for n in ns if n.duplicate] == [3]
+    assert sum(n.similarity > 0.99 for n in ns) > 1
+
+
+def test_crafted_spaces_file_is_refused(tmp_path):
+    from safetensors.numpy import load, save
+
+    from artlens.retrieval import fit_label_space
+    from artlens.retrieval.spaces import SpaceError, read_spaces, spaces_bytes
+
+    x, labels = nuisance_data(n=120)
+    good = spaces_bytes({"style": fit_label_space("style", x, labels)})
+    tensors = load(good)
+    tensors["style.1.matrix"] = np.zeros((5, 3), np.float32)  # not (24, 3)
+    import json as _json
+    import struct
+
+    n = struct.unpack("<Q", good[:8])[0]
+    header = _json.loads(good[8 : 8 + n])["__metadata__"]
+    with pytest.raises(SpaceError, match="mem: space 'style': block 1 matrix"):
+        read_spaces(save(tensors, metadata=header), "mem")
+    with pytest.raises(SpaceError, match="not a spaces file"):
+        read_spaces(b"\x00" * 20, "mem")
+    # an index whose spaces file was swapped for another fails its checksum
+    rows = pd.DataFrame({"path": [f"{i}" for i in range(120)], "style": labels})
+    FaissIndex.build(x, rows, spaces={"style": fit_label_space("style", x, labels)}, default_mode="style").save(tmp_path / "i")
+    (tmp_path / "i" / "spaces.safetensors").write_bytes(spaces_bytes({"style": fit_label_space("style", x[:60], labels[:60])}))
+    with pytest.raises(RetrievalError, match="spaces.safetensors: does not match meta.json"):
+        FaissIndex.load(tmp_path / "i")
+
+
+def test_shipped_spaces_apply_to_clip_features_only():
+    from artlens.models.clip import CLIP_FEATURE_DIM
+    from artlens.retrieval import default_spaces
+    from artlens.retrieval.spaces import shipped_spaces_path
+
+    assert list(default_spaces("pixels", 48)) == ["visual"]
+    assert default_spaces("pixels", 48)["visual"].blocks[0].stop == 48
+    clip = default_spaces("clip-vit-b16", CLIP_FEATURE_DIM)
+    assert clip["visual"].dim == 512  # the image embedding alone
+    if shipped_spaces_path().is_file():
+        assert {"style", "artist"} <= set(clip) and clip["style"].in_dim == CLIP_FEATURE_DIM
+        assert set(default_spaces("clip-vit-b16", CLIP_FEATURE_DIM, finetuned=True)) == {"visual"}
+
+
+# --------------------------------------------------------------------------- a collection kept up to date
+class CountingEncoder(PixelEncoder):
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def embed_batch(self, batch):
+        self.seen += len(batch)
+        return super().embed_batch(batch)
+
+
+def test_index_collection_updates_in_place(tmp_path, image_factory):
+    from artlens.retrieval import default_index_dir, index_collection
+
+    _gallery(tmp_path, image_factory)
+    gallery = tmp_path / "gallery"
+    enc = CountingEncoder()
+    first = index_collection(gallery, backbone="pixels", encoder=enc, store_root=tmp_path / "s1", workers=0)
+    assert first.path == gallery / ".artlens-index" == default_index_dir(gallery)
+    assert (first.added, first.kept, first.removed, first.written) == (12, 0, 0, True)
+    assert first.index.default_mode == "visual" and enc.seen == 12
+
+    # nothing changed: nothing embedded, nothing written
+    enc2 = CountingEncoder()
+    mtime = (first.path / "meta.json").stat().st_mtime_ns
+    same = index_collection(gallery, backbone="pixels", encoder=enc2, store_root=tmp_path / "s2", workers=0)
+    assert (same.added, same.kept, same.removed, same.written) == (0, 12, 0, False) and enc2.seen == 0
+    assert (first.path / "meta.json").stat().st_mtime_ns == mtime
+
+    # two files added, one removed, one renamed, one rewritten with other pixels; an empty store
+    # root, so every reused vector comes from the index itself
+    image_factory("gallery/red/new.png", size=(40, 32), color=(230, 20, 20), seed=99)
+    image_factory("gallery/blue/new.png", size=(40, 32), color=(20, 20, 230), seed=98)
+    (gallery / "green" / "0.png").unlink()
+    (gallery / "green" / "1.png").rename(gallery / "green" / "renamed.png")
+    image_factory("gallery/red/3.png", size=(40, 32), color=(30, 200, 30), seed=7)
+    enc3 = CountingEncoder()
+    upd = index_collection(gallery, backbone="pixels", encoder=enc3, store_root=tmp_path / "s3", workers=0)
+    assert (upd.added, upd.removed, upd.written) == (3, 2, True), upd.to_dict()  # removed: green/0 and the old red/3
+    assert upd.kept == 10 and enc3.seen == 3 and len(upd.index) == 13
+    again = FaissIndex.load(upd.path)
+    paths = set(again.rows["path"])
+    assert str(gallery / "green" / "renamed.png") in paths and str(gallery / "green" / "0.png") not in paths
+    ns = similar(again, str(gallery / "blue" / "new.png"), k=3, encoder=enc3)
+    assert ns[0].duplicate and ns[0].path.endswith("blue/new.png")
+    assert [n.labels["style"] for n in ns[1:]] == ["blue", "blue"]
+    # every stored vector is its file's own (no row got a neighbour's vector)
+    x = again.features()
+    for i, p in enumerate(again.rows["path"]):
+        np.testing.assert_allclose(x[i], l2_normalize(PixelEncoder().embed_batch(_pixels(Image.open(p))[None]))[0], atol=1e-5)
+
+
+@pytest.mark.reliability
+def test_index_collection_rebuilds_a_damaged_index_and_names_bad_files(tmp_path, image_factory):
+    from artlens.retrieval import index_collection
+
+    _gallery(tmp_path, image_factory)
+    gallery = tmp_path / "gallery"
+    (gallery / "red" / "broken.jpg").write_bytes(b"not a picture")
+    first = index_collection(gallery, backbone="pixels", encoder=PixelEncoder(), store_root=tmp_path / "s", workers=0)
+    assert len(first.index) == 12 and [p for p, _ in first.errors] == [str(gallery / "red" / "broken.jpg")]
+    (first.path / "index.faiss").write_bytes(b"garbage")
+    again = index_collection(gallery, backbone="pixels", encoder=PixelEncoder(), store_root=tmp_path / "s", workers=0)
+    assert again.written and len(FaissIndex.load(again.path)) == 12
+    assert any("could not be read" in n for n in again.notes)
+    # another encoder: rebuilt, not mixed
+    other = index_collection(gallery, backbone="pixels", encoder=PixelEncoder("pixels-test-2"), store_root=tmp_path / "s", workers=0)
+    assert other.kept == 0 and other.added == 12 and FaissIndex.load(other.path).backbone_id == "pixels-test-2"
+
+
+def test_cli_index_a_folder_then_similar_by_mode(tmp_path, image_factory, monkeypatch):
+    from typer.testing import CliRunner
+
+    import artlens.embed
+    from artlens.cli import app
+
+    df = _gallery(tmp_path, image_factory)
+    enc = PixelEncoder()
+    monkeypatch.setattr(artlens.embed, "get_encoder", lambda *a, **k: enc)
+    runner = CliRunner()
+    gallery = tmp_path / "gallery"
+    res = runner.invoke(app, ["index", str(gallery), "--backbone", "pixels", "--store", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["index"] == str(gallery / ".artlens-index") and got["count"] == 12 and got["added"] == 12
+    assert got["default_mode"] == "visual" and got["modes"] == ["visual", "features"]
+    res = runner.invoke(app, ["index", str(gallery), "--backbone", "pixels", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0 and "+0 new, 12 kept" in res.output
+    # the collection folder itself answers `similar` (its index beside it)
+    res = runner.invoke(app, ["similar", str(gallery), df.path[2], "-k", "3", "--by", "features", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["by"] == "features" and out["neighbours"][0]["duplicate"]
+    assert [n["labels"]["style"] for n in out["neighbours"]] == ["red"] * 3
+    res = runner.invoke(app, ["similar", str(gallery), df.path[2], "--by", "brushwork"])
+    assert res.exit_code == 1 and "cannot search by 'brushwork'" in res.output
+    res = runner.invoke(app, ["similar", str(tmp_path), df.path[2]])
+    assert res.exit_code == 1 and "artlens index" in res.output
+    res = runner.invoke(app, ["index", str(gallery), "--by", "style", "--backbone", "pixels", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 1 and "cannot search pixels embeddings by 'style'" in res.output

@@ -36,6 +36,7 @@ SHIPPED_NAME = "retrieval.safetensors"
 LDA_PCA_DIM = 512
 LDA_SHRINKAGE = 0.1
 LDA_WEIGHT = 1.5
+ARTIST_MIN_WORKS = 10  # an artist needs this many paintings to shape the artist space
 _MAX_DIM = 1 << 16
 
 
@@ -155,9 +156,9 @@ def fit_label_space(
     lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(pca.transform(z), y[keep])
     n_out = min(len(keep_classes) - 1, pca.n_components_)
     comps = pca.components_.astype(np.float64)  # (p, in_dim), orthonormal rows
-    # lda.transform(pca.transform(v)) = (v - mean) @ matrix, folded into one block
+    # lda.transform(pca.transform(v)) = (v - pca.mean_) @ comps.T @ scalings: one block
     matrix = (comps.T @ lda.scalings_[:, :n_out]).astype(np.float32)
-    mean = (pca.mean_ + lda.xbar_ @ comps).astype(np.float32)
+    mean = pca.mean_.astype(np.float32)
     start, stop = image_embedding_block(backbone, x.shape[1])
     blocks = [Block(start, stop), Block(0, x.shape[1], float(weight), mean, matrix)]
     info = {"fitted": True, "labels": name, "classes": len(keep_classes), "rows": int(keep.sum()),
