@@ -2,6 +2,7 @@
 """`artlens predict FOLDER` as a user runs it, the previous code path beside the current one.
 
     .venv/bin/python benchmarks/predict.py [--images 500] [--rounds 2] [--model DIR] [--baseline REV]
+    .venv/bin/python benchmarks/predict.py --pipeline 35   # the pipelines alone, encoder time fixed
 
 Each measurement is a fresh process (`python -m artlens predict FOLDER --json`), so start-up cost
 is included. The previous path is the `src/artlens` of git revision `--baseline` (default: the
@@ -9,6 +10,10 @@ last commit before issue 18's CPU work), exported to a temporary folder and put 
 PYTHONPATH; the current one is this checkout's. Runs alternate (previous, current, previous,
 current, ...) so that load from other processes hits both alike; the load average is printed.
 Both must give the same answers: every image's labels and probabilities are compared.
+
+`--pipeline RATE` measures the two pipelines alone, in-process: the encoder is a stand-in that
+sleeps 1/RATE s per image (no CPU), decoding and the heads are real; how close each path gets to
+RATE, and its CPU ms/image outside the encoder, show how well it overlaps work with the encoder.
 
 Targets on the 2-core reference machine: cold start < 5 s, >= 30 images/s, peak RSS < 1.5 GB.
 The batch-independent CLIP model must already be built (the first run ever builds it).
@@ -62,6 +67,39 @@ def run(src: Path, args: list[str]) -> tuple[float, float, int, str]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out  # ru_maxrss is in kB on Linux
 
 
+PIPELINE = r"""
+import sys, time, numpy as np
+import artlens.predict as P
+from artlens.models.clip import CLIP_PREPROCESSING
+rate, files = float(sys.argv[1]), sys.argv[2:]
+class Sleeper:
+    backbone_id, dim, preprocess, device, batch_size = "sleep", 2816, CLIP_PREPROCESSING, "cpu", 32
+    def embed_batch(self, batch):
+        time.sleep(len(batch) / rate)
+        f = np.random.default_rng(len(batch)).standard_normal((len(batch), self.dim)).astype(np.float32)
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+p = P.Predictor(encoder=Sleeper())
+p.predict_paths(files[:8])
+t, c = time.perf_counter(), time.process_time()
+p.predict_paths(files)
+print(len(files) / (time.perf_counter() - t), 1000 * (time.process_time() - c) / len(files))
+"""
+
+
+def pipeline_only(paths: dict[str, Path], files: list[Path], rate: float, rounds: int) -> None:
+    got: dict[str, list] = {k: [] for k in paths}
+    for _ in range(rounds):
+        for name, src in paths.items():
+            out = subprocess.run([sys.executable, "-c", PIPELINE, str(rate), *map(str, files)], capture_output=True,
+                                 text=True, env={**os.environ, "PYTHONPATH": str(src)}, check=True).stdout.split()
+            got[name].append((float(out[0]), float(out[1])))
+    print(f"pipelines alone over {len(files)} images, the encoder a stand-in sleeping at {rate:g} images/s "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    for name, v in got.items():
+        print(f"{name:>24}: {max(r for r, _ in v):6.2f} images/s (best of {rounds}), "
+              f"CPU outside the encoder {min(c for _, c in v):.1f} ms/image")
+
+
 def answers(stdout: str) -> dict[str, dict]:
     rows = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     return {Path(r["path"]).name: {t: (v["label"], [(x["label"], x["prob"]) for x in v["top"]])
@@ -74,6 +112,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each path, alternating")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the previous path, or 'none'")
+    ap.add_argument("--pipeline", type=float, metavar="RATE", help="only the pipelines, the encoder fixed at RATE images/s")
     args = ap.parse_args()
     model = ["--model", str(args.model)] if args.model else []
     every = sorted(DATA.rglob("*.jpg"))
@@ -89,6 +128,9 @@ def main() -> int:
         paths = {"current": REPO / "src"}
         if args.baseline != "none":
             paths = {f"previous ({args.baseline})": export(args.baseline, Path(tmp) / "baseline"), **paths}
+        if args.pipeline:
+            pipeline_only(paths, files, args.pipeline, args.rounds)
+            return 0
         results = {k: {"cold": [], "wall": [], "cpu": [], "peak": 0, "answers": None} for k in paths}
         for src in paths.values():  # warm the OS file cache and the CLIP build
             run(src, [str(files[0]), "--json", *model])
