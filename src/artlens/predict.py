@@ -218,7 +218,7 @@ class Predictor:
         names = list(names) if names is not None else [f"<image {i}>" for i in range(len(images))]
         if not images:
             return []
-        results = self.predict_features(self.embed_images(images), check=lambda rows: self._degraded([images[i] for i in rows]))
+        results = self.predict_features(self.embed_images(images), check=lambda rows: self.degraded_features([images[i] for i in rows]))
         return [{"path": n, "error": None, "tasks": r} for n, r in zip(names, results)]
 
     def iter_predict(
@@ -277,7 +277,7 @@ class Predictor:
         if feats is not None:
             def check(rows):
                 try:
-                    return self._degraded([load_image(chunk[good[r]]) for r in rows])
+                    return self.degraded_features([load_image(chunk[good[r]]) for r in rows])
                 except Exception:  # the file changed since it was read: skip the check
                     return None
 
@@ -290,7 +290,7 @@ class Predictor:
         if on_progress:
             on_progress(len(chunk))
 
-    def _degraded(self, images: Sequence) -> np.ndarray | None:
+    def degraded_features(self, images: Sequence) -> np.ndarray | None:
         """Features of degraded copies (see `TaskConfig.band`), or None when no task asks."""
         checks = [t.band["check"] for t in self.model.tasks if t.band and t.band.get("check")]
         if not checks or not images:

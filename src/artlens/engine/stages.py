@@ -101,7 +101,7 @@ class PredictWorker(_Worker):
 
             def check(rows):  # banded answers must hold on a degraded copy: re-read as the local engine does
                 try:
-                    return p._degraded([load_image(_path(batch["path"][good[r]])) for r in rows])
+                    return p.degraded_features([load_image(_path(batch["path"][good[r]])) for r in rows])
                 except Exception:  # the file changed since it was read: skip the check
                     return None
 
