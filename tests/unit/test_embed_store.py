@@ -371,7 +371,8 @@ def test_cli_embed_folder_writes_vectors_and_rows(tmp_path, images, monkeypatch)
     enc = FakeEncoder()
     monkeypatch.setattr(extract, "get_encoder", lambda *a, **k: enc)
     out = tmp_path / "out.npy"
-    args = ["embed", str(tmp_path / "img"), "--backbone", "fake", "--store", str(tmp_path / "s"), "--out", str(out), "--json", "--workers", "0"]
+    args = ["embed", str(tmp_path / "img"), "--backbone", "fake", "--store", str(tmp_path / "s"), "--out", str(out), "--json", "--workers", "0",
+            "--batch-size", "8"]  # an unregistered backbone has no device default
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output  # finished, one input failed
     summary = json.loads(res.stdout.strip().splitlines()[-1])
@@ -383,6 +384,25 @@ def test_cli_embed_folder_writes_vectors_and_rows(tmp_path, images, monkeypatch)
 
     res = CliRunner().invoke(app, args)
     assert json.loads(res.stdout.strip().splitlines()[-1])["computed"] == 0
+
+
+@pytest.mark.parametrize("given, expected", [([], 30.0), (["--flush-every", "5"], 5.0), (["--flush-every", "0"], None)])
+def test_cli_embed_passes_the_flush_interval(tmp_path, images, monkeypatch, given, expected):
+    from typer.testing import CliRunner
+
+    import artlens.embed as embed_pkg
+    from artlens.cli import app
+
+    seen = {}
+
+    def fake(df, backbone, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt  # stop before any work; the CLI reports it and exits 1
+
+    monkeypatch.setattr(embed_pkg, "embed_manifest", fake)
+    res = CliRunner().invoke(app, ["embed", str(tmp_path / "img"), "--backbone", "mobilenet-v2", "--workers", "0", *given])
+    assert res.exit_code == 1, res.output
+    assert seen["flush_s"] == expected
 
 
 @pytest.mark.reliability

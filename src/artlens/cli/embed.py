@@ -68,6 +68,8 @@ def embed(
     layout: Annotated[Optional[str], typer.Option("--layout", help="Folder layout for scanning (default: detect).")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    flush_s: Annotated[float, typer.Option("--flush-every", min=0, help="Seconds between saves of finished vectors "
+                                           "(also every 256); 0: by count only.")] = 30.0,
     engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (a Ray Data pipeline: a local "
                                         "Ray, or a cluster with --address). Same vectors, same store.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster (auto, ray://HOST:10001); "
@@ -100,11 +102,12 @@ def embed(
         if options is None:
             size = batch_size or default_batch_size(device, get_spec(backbone).kind)
             result = embed_manifest(df, backbone, store_root=store, batch_size=size, workers=workers, progress=show,
-                                    device=device)
+                                    device=device, flush_s=flush_s or None)
         else:
             from artlens.engine import ray_embed_manifest
 
-            result = ray_embed_manifest(df, backbone, store_root=store, options=options, device=device, progress=show)
+            result = ray_embed_manifest(df, backbone, store_root=store, options=options, device=device, progress=show,
+                                        flush_s=flush_s or None)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: the vectors computed so far are saved; run the same command to resume")
         raise typer.Exit(EXIT_ERROR)
