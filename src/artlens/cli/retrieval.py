@@ -55,7 +55,8 @@ def index(
             if out is None:
                 fail(err, "give --out DIR for an index of an embedding store")
             errors: list = []
-            idx, missing = index_from_store(source, read_rows(manifest, errors), backbone=backbone, kind=kind)
+            idx, missing = index_from_store(source, read_rows(manifest, errors), backbone=backbone, kind=kind,
+                                            default_mode=by or "auto")
             errors += [(p, "not in the embedding store") for p in missing["path"]]
             idx.save(out)
             summary = {"index": str(out), "count": len(idx), "kind": idx.kind, "dim": idx.dim, "backbone": idx.backbone,

@@ -1,16 +1,21 @@
 """Attribution by similarity: which known artists' works does this painting sit closest to?
 
 The evidence behind an artist name: for a query embedding, the nearest artists of a gallery (a
-`FaissIndex` whose rows carry an `artist` column, e.g. the one `artlens index` builds) ranked by
+`FaissIndex` whose rows carry an `artist` column or WikiArt file names, e.g. the one `artlens index`
+builds) ranked by
 
 - `topk` (default): the mean cosine to the artist's `k` = 3 closest works (less swayed by one
-  look-alike: on WikiArt's 25 most painted artists it names the right one for 72.5% of unseen
-  paintings, against 69.9% for `max` and 68.2% for `centroid`; benchmarks/artist.py),
+  look-alike than `max`; benchmarks/artist.py compares the three),
 - `max`: the cosine to the artist's closest work (a nearest-neighbour vote),
 - `centroid`: the cosine to the artist's mean embedding direction (the whole oeuvre),
 
 each with its closest works. `max` uses the FAISS search itself (exact for the ranking: an artist
 outside the first k neighbours cannot beat one inside), the others score every artist exactly.
+
+`attribute(gallery, images, model=...)` is what `artlens attribute` prints: per image the model's
+answer (a known artist's name or `unknown artist`) with its evidence, the nearest known paintings
+(`Attributor.evidence`: the named artist's closest works, or for `unknown artist` the closest
+known paintings of any artist), beside the similarity ranking.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from artlens.data.taxonomy import artist_labels
+from artlens.metrics import l2_normalize
+from artlens.retrieval.index import FaissIndex
 
 METHODS = ("max", "topk", "centroid")
 
@@ -33,6 +42,7 @@ class Work:
     title: str | None = None
     sha256: str | None = None
     duplicate: bool = False  # the query itself (same bytes) or a near copy
+    artist: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -61,8 +71,7 @@ class ArtistMatch:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.atleast_2d(np.asarray(x, dtype=np.float32)))
 
 
 def _title(row, path) -> str | None:
@@ -84,13 +93,9 @@ class Attributor:
     """
 
     def __init__(self, index, *, column: str = "artist", artists: Sequence[str] | None = None, duplicate_sim: float = 0.99):
-        from artlens.retrieval.index import FaissIndex
-
         if not isinstance(index, FaissIndex):
             index = FaissIndex.load(index)
         self.index = index
-        from artlens.data.taxonomy import artist_labels
-
         names = artist_labels(index.rows, column)  # the column, else WikiArt file names
         if not any(isinstance(n, str) for n in names):
             raise ValueError(
@@ -115,7 +120,7 @@ class Attributor:
     def vectors(self) -> np.ndarray:
         """All gallery vectors (unit length), read back from the index once."""
         if self._vectors is None:
-            self._vectors = _normalise(self.index.index.reconstruct_n(0, len(self.index)))
+            self._vectors = _normalise(self.index.features())
         return self._vectors
 
     @property
@@ -166,22 +171,21 @@ class Attributor:
                 out[a] = s.max() if method == "max" else np.sort(s)[::-1][:k].mean()
         return out
 
+    def _work(self, i: int, sim: float, query_sha256: str | None) -> Work:
+        rows = self.index.rows
+        row = rows.iloc[i]
+        path = str(row["path"]) if "path" in rows.columns and isinstance(row["path"], str) else None
+        sha = row["sha256"] if "sha256" in rows.columns and isinstance(row["sha256"], str) else None
+        dup = bool((query_sha256 and sha == query_sha256) or sim > self.duplicate_sim)
+        return Work(id=i, similarity=sim, path=path, title=_title(row, path), sha256=sha, duplicate=dup,
+                    artist=self.names[i])
+
     def _works(self, q: np.ndarray, a: int, n: int, exclude: set[int], query_sha256: str | None) -> tuple[list[Work], float]:
-        ids = np.flatnonzero(self.member == a)
-        ids = np.array([i for i in ids if i not in exclude], dtype=np.int64)
+        ids = np.array([i for i in np.flatnonzero(self.member == a) if i not in exclude], dtype=np.int64)
         sims = self.vectors[ids] @ q if len(ids) else np.zeros(0, np.float32)
         order = np.argsort(-sims, kind="stable")[:n]
-        rows = self.index.rows
-        shas = rows["sha256"] if "sha256" in rows.columns else None
-        out = []
-        for j in order:
-            i = int(ids[j])
-            row = rows.iloc[i]
-            path = str(row["path"]) if "path" in rows.columns and isinstance(row["path"], str) else None
-            sha = str(shas.iloc[i]) if shas is not None and isinstance(shas.iloc[i], str) else None
-            dup = bool((query_sha256 and sha == query_sha256) or sims[j] > self.duplicate_sim)
-            out.append(Work(id=i, similarity=float(sims[j]), path=path, title=_title(row, path), sha256=sha, duplicate=dup))
-        return out, float(sims.max()) if len(sims) else float("nan")
+        works = [self._work(int(ids[j]), float(sims[j]), query_sha256) for j in order]
+        return works, float(sims.max()) if len(sims) else float("nan")
 
     def attribute(
         self,
@@ -225,6 +229,22 @@ class Attributor:
             results.append(matches)
         return results
 
+    def evidence(self, query: np.ndarray, artist: str | None, n: int = 3, *, query_sha256: str | None = None,
+                 exclude_duplicates: bool = False) -> list[Work]:
+        """The nearest known paintings behind an answer: `artist`'s `n` closest works, or with
+        `artist` None (`unknown artist`) the `n` closest works of any known artist, so the answer
+        shows how near (or far) the closest known painting is."""
+        q = _normalise(query)[0]
+        exclude = self._duplicates(q, query_sha256) if exclude_duplicates else set()
+        if artist is not None:
+            return self._works(q, self._artist_idx[artist], n, exclude, query_sha256)[0]
+        sims = self.vectors @ q
+        sims[~self.valid] = -np.inf
+        if exclude:
+            sims[list(exclude)] = -np.inf
+        ids = [int(i) for i in np.argsort(-sims, kind="stable")[:n] if np.isfinite(sims[i])]
+        return [self._work(i, float(sims[i]), query_sha256) for i in ids]
+
     def _duplicates(self, q: np.ndarray, sha: str | None) -> set[int]:
         out: set[int] = set()
         if sha and "sha256" in self.index.rows.columns:
@@ -234,10 +254,30 @@ class Attributor:
         return out
 
 
+
+def open_gallery(gallery, errors: list | None = None, *, progress: bool = False) -> FaissIndex:
+    """A gallery: an index folder (`artlens index`), or a manifest / image folder indexed on the
+    fly (its unreadable files appended to `errors` as (path, reason))."""
+    from pathlib import Path
+
+    from artlens.retrieval.build import index_embeddings, read_rows
+    from artlens.retrieval.index import META_NAME
+
+    if isinstance(gallery, FaissIndex):
+        return gallery
+    if (Path(gallery) / META_NAME).is_file():
+        return FaissIndex.load(gallery)
+    index, failed = index_embeddings(read_rows(gallery, errors, progress=progress), progress=progress)
+    if errors is not None:
+        errors.extend(zip(failed["path"], failed["reason"]))
+    return index
+
+
 def attribute(
-    index,
+    gallery,
     queries,
     *,
+    model=None,
     artists: Sequence[str] | None = None,
     column: str = "artist",
     encoder=None,
@@ -248,32 +288,54 @@ def attribute(
 ) -> list[dict[str, Any]]:
     """Nearest known artists, with their closest works, for image paths or vectors.
 
-    `index`: a `FaissIndex` or its directory; `queries`: a list of image paths, or an `(N, dim)`
-    array of embeddings. Images are embedded with `encoder` (default: the index's backbone). A file
-    that cannot be read gives `{"path", "error", "artists": []}` and the others go on.
-    Returns one dict per query: `{"path", "error", "artists": [ArtistMatch.to_dict(), ...]}`.
+    `gallery`: a `FaissIndex`, an `Attributor` or a gallery `open_gallery` opens; `queries`: image
+    paths (folders walked), or an `(N, dim)` array of embeddings. `model`: an `ArtModel` (or its
+    folder) with an artist task: only its artists are ranked, and each image also gets `"model"`,
+    the head's answer as `Predictor` gives it, and `"evidence"` (`Attributor.evidence`). Images are
+    embedded with `encoder` (default: the gallery's backbone). A file that cannot be read gives
+    `{"path", "error", "artists": []}` and the others go on.
+    Returns one dict per query: `{"path", "error", "artists": [ArtistMatch.to_dict(), ...]}` (+ `model`, `evidence`).
     """
-    att = index if isinstance(index, Attributor) else Attributor(index, column=column, artists=artists)
-    kw = dict(top_artists=top_artists, works_per_artist=works_per_artist, method=method, exclude_duplicates=exclude_duplicates)
-    if isinstance(queries, np.ndarray):
-        return [
-            {"path": None, "error": None, "artists": [m.to_dict() for m in ms]}
-            for ms in att.attribute(queries, **kw)
-        ]
-    if encoder is None:
-        from artlens.retrieval import query_encoder
+    from artlens.models.artmodel import ArtModel
+    from artlens.predict import Predictor, expand_inputs
 
-        encoder = query_encoder(att.index)
-    paths = [str(p) for p in queries]
-    vectors, shas, errors = embed_paths(paths, encoder)
+    if model is not None and not isinstance(model, ArtModel):
+        model = ArtModel.load(model)
+    if model is not None:
+        if "artist" not in model.task_names:
+            raise ValueError("the model has no artist task")
+        artists = model.task("artist").labels
+    if isinstance(gallery, Attributor):
+        att = gallery
+    else:
+        att = Attributor(open_gallery(gallery), column=column, artists=artists)
+    if model is not None and att.index.backbone and model.backbone_name != att.index.backbone:
+        raise ValueError(f"the model reads {model.backbone_name} embeddings, the gallery holds {att.index.backbone} ones")
+    if isinstance(queries, np.ndarray):
+        paths, vectors, shas, errors = [None] * len(queries), np.asarray(queries, np.float32), [None] * len(queries), {}
+    else:
+        paths = expand_inputs(queries)
+        if not paths:
+            raise ValueError("no images found in " + ", ".join(map(str, queries)))
+        if encoder is None:
+            from artlens.retrieval.query import query_encoder
+
+            encoder = query_encoder(att.index)
+        vectors, shas, errors = embed_paths(paths, encoder)
     good = [i for i in range(len(paths)) if i not in errors]
+    kw = dict(top_artists=top_artists, works_per_artist=works_per_artist, method=method, exclude_duplicates=exclude_duplicates)
     matches = att.attribute(vectors[good], query_sha256=[shas[i] for i in good], **kw) if good else []
     by_row = dict(zip(good, matches))
-    return [
-        {"path": p, "error": errors.get(i), "artists": [m.to_dict() for m in by_row.get(i, [])]}
-        for i, p in enumerate(paths)
-    ]
-
+    out = [{"path": p, "error": errors.get(i), "artists": [m.to_dict() for m in by_row.get(i, [])]} for i, p in enumerate(paths)]
+    if model is not None and good:
+        answers = Predictor(model, top_k=3, encoder=encoder).predict_features(vectors[good])
+        for i, a in zip(good, answers):
+            name = a["artist"]["label"]
+            works = att.evidence(vectors[i], name if name in att.artists else None, works_per_artist,
+                                 query_sha256=shas[i], exclude_duplicates=exclude_duplicates)
+            out[i]["model"] = a["artist"]
+            out[i]["evidence"] = {"artist": name if name in att.artists else None, "works": [w.to_dict() for w in works]}
+    return out
 
 def embed_paths(paths: Sequence[str], encoder, batch_size: int = 32) -> tuple[np.ndarray, list[str | None], dict[int, str]]:
     """`(vectors (N, dim), sha256 per path, {position: reason})`; unreadable files get NaN rows."""

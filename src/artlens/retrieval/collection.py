@@ -21,8 +21,8 @@ import numpy as np
 
 from artlens.retrieval.build import read_rows
 from artlens.retrieval.errors import RetrievalError
-from artlens.retrieval.index import META_NAME, FaissIndex, _present
-from artlens.retrieval.spaces import DEFAULT_MODE, default_spaces
+from artlens.retrieval.index import FEATURES, META_NAME, FaissIndex, _present
+from artlens.retrieval.spaces import default_mode_of, default_spaces
 
 INDEX_DIR_NAME = ".artlens-index"
 
@@ -86,11 +86,15 @@ def index_collection(
     from artlens.embed import embed_manifest, get_encoder
 
     out = Path(out) if out is not None else default_index_dir(source)
+    encoder = encoder or get_encoder(backbone)
+    spaces = default_spaces(backbone, encoder.dim, finetuned=finetuned)
+    mode = default_mode or default_mode_of(spaces)
+    if mode not in [*spaces, FEATURES]:  # before any work
+        raise RetrievalError(f"cannot search {backbone} embeddings by {mode!r}; modes: {', '.join([*spaces, FEATURES])}")
     errors: list[tuple[str, str]] = []
     rows = read_rows(source, errors, progress=progress, workers=workers)
     if not len(rows):
         raise RetrievalError(f"no images in {source}")
-    encoder = encoder or get_encoder(backbone)
     update = CollectionUpdate(index=None, path=out, errors=errors)  # type: ignore[arg-type]
 
     old = None
@@ -123,10 +127,6 @@ def index_collection(
     if not ok.any():
         raise RetrievalError(f"nothing to index in {source}: every image failed")
 
-    spaces = default_spaces(backbone, encoder.dim, finetuned=finetuned)
-    mode = default_mode or (DEFAULT_MODE if DEFAULT_MODE in spaces else "visual")
-    if mode not in spaces and mode != "features":
-        raise RetrievalError(f"cannot search {backbone} embeddings by {mode!r}; modes: {', '.join([*spaces, 'features'])}")
     kept_rows = rows.loc[ok].reset_index(drop=True)
     index = FaissIndex.build(vectors[ok], kept_rows, backbone=backbone, backbone_id=encoder.backbone_id, kind=kind,
                              spaces=spaces, default_mode=mode)

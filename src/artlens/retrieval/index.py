@@ -28,7 +28,7 @@ import numpy as np
 
 from artlens.retrieval.checks import FORMAT, HNSW_EF_SEARCH, VERSION, check_faiss_layout, check_meta
 from artlens.retrieval.errors import RetrievalError
-from artlens.retrieval.spaces import Space, default_spaces, read_spaces, spaces_bytes
+from artlens.retrieval.spaces import Space, default_mode_of, default_spaces, read_spaces, spaces_bytes
 
 INDEX_NAME, ROWS_NAME, META_NAME, SPACES_NAME = "index.faiss", "rows.parquet", "meta.json", "spaces.safetensors"
 FEATURES = "features"  # the mode that searches the encoder features as they are
@@ -157,7 +157,8 @@ class FaissIndex:
         """Index encoder features `vectors` (N, dim); `rows` (a DataFrame with N rows, e.g. manifest
         rows) go with them. `spaces`: the search modes it is built with (saved with it); without,
         the backbone's shipped ones are used on load. `default_mode`: what `neighbours` searches
-        unless told (default: raw features).
+        unless told (default: raw features; `auto`: the spaces' best, the backbone's shipped spaces
+        stored with the index when none are given).
 
         `kind`: `flat` (exact), `hnsw`, or `auto` (flat up to `hnsw_threshold` vectors).
         Rows whose vector is not finite (failed embeddings) must be dropped before.
@@ -193,13 +194,16 @@ class FaissIndex:
         }
         if kind == "hnsw":
             meta["hnsw"] = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
-        if default_mode is not None:
-            if default_mode != FEATURES and default_mode not in (spaces or {}):
-                raise ValueError(f"default mode {default_mode!r} is not one of the spaces given")
-            meta["default_mode"] = default_mode
         idx = cls(index, rows, meta, spaces)
         if not spaces:
-            idx._add_shipped_spaces()
+            idx._add_shipped_spaces()  # stored with the index when it is searched in one by default
+            idx._stored_spaces = default_mode not in (None, FEATURES) and bool(idx.spaces)
+        if default_mode == "auto":
+            default_mode = default_mode_of(idx.spaces)
+        if default_mode is not None:
+            if default_mode not in idx.modes:
+                raise RetrievalError(f"cannot search {backbone or 'these'} embeddings by {default_mode!r}; modes: {', '.join(idx.modes)}")
+            meta["default_mode"] = default_mode
         return idx
 
     def _add_shipped_spaces(self) -> None:

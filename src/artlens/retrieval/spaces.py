@@ -184,6 +184,12 @@ def default_spaces(backbone: str | None, in_dim: int, *, finetuned: bool = False
     return spaces
 
 
+def default_mode_of(spaces) -> str:
+    """`style` where the spaces have it (the mode chosen by retrieval quality), else `visual`, else
+    the raw features."""
+    return DEFAULT_MODE if DEFAULT_MODE in spaces else "visual" if "visual" in spaces else "features"
+
+
 # --------------------------------------------------------------------------- files
 def spaces_bytes(spaces: dict[str, Space], **meta: Any) -> bytes:
     """One safetensors file holding every space: arrays as tensors, the rest as JSON metadata."""
