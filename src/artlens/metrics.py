@@ -120,6 +120,33 @@ def log_loss(proba: np.ndarray, y_true: Sequence[int]) -> float:
     return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], _EPS, None)))) + 0.0  # no -0.0
 
 
+
+def closed_set_metrics(proba: np.ndarray, y_true: Sequence[int], n_classes: int | None = None) -> dict:
+    """`{"n", "accuracy", "macro_f1", "top3_accuracy", "top5_accuracy"}` (rounded to 4 decimals; top-k
+    only when k < n_classes): the compact table of a head's answers, e.g. the artist head's."""
+    proba = np.asarray(proba)
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    if len(y) == 0:
+        return {"n": 0}
+    n_classes = proba.shape[1] if n_classes is None else n_classes
+    out = {"n": int(len(y)), "accuracy": round(accuracy(y, proba.argmax(axis=1)), 4),
+           "macro_f1": round(macro_f1(y, proba.argmax(axis=1)), 4)}
+    for k in (3, 5):
+        if k < n_classes:
+            out[f"top{k}_accuracy"] = round(top_k_accuracy(y, proba, k), 4)
+    return out
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of a score that should be higher on `positive` rows than on `negative` ones (1 = always,
+    0.5 = chance; NaN when a side is empty), e.g. known vs unknown artists' paintings."""
+    from sklearn.metrics import roc_auc_score
+
+    positive, negative = np.asarray(positive, np.float64).ravel(), np.asarray(negative, np.float64).ravel()
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    return float(roc_auc_score(np.r_[np.ones(len(positive)), np.zeros(len(negative))], np.r_[positive, negative]))
+
 # ----------------------------------------------------------------------------- calibration
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = DEFAULT_BINS) -> dict:
     """Per-bin mean confidence, accuracy and count (empty bins give None), for the diagram and JSON."""

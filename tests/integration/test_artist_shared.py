@@ -58,13 +58,16 @@ def embedded(tmp_path_factory):
 def test_artist_head_and_unknown_rule_on_real_paintings(embedded):
     import torch
 
+    from artlens.evaluate.artist import evaluate_artist
     from artlens.train.artist import train_artist_task
 
     torch.set_num_threads(2)
     df, vectors, encoder, _ = embedded
     art = train_artist_task(df, vectors, min_per_class=PER_KNOWN, backbone={"name": "clip-vit-b16"}, threads=2,
-                            candidates=[{"type": "linear", "weight_decay": [1e-3, 1e-2], "class_weight": [None]}])
-    m = art.metrics
+                            candidates=[{"components": 32, "weight_decay": 1e-2}, {"components": None, "weight_decay": 1e-2}])
+    assert len(art.metrics["head_trials"]) == 2
+    f = art.split.frame
+    m = {**art.metrics, **evaluate_artist(art.to_model(all_openset=True), f, vectors[f["row"].to_numpy()])}
     assert art.labels == ["Andy Warhol", "Claude Monet", "Katsushika Hokusai", "Rembrandt"]
     assert m["split"]["kept_out_artists"] == N_UNKNOWN and m["split"]["known_test"] == 4 * 2
     assert m["background"] and m["split"]["unknown_train"] > 0 and m["split"]["unknown_test"] > 0
@@ -74,7 +77,7 @@ def test_artist_head_and_unknown_rule_on_real_paintings(embedded):
     val = m["open_set_validation"]
     assert art.task.unknown["method"] == val["method"] and art.task.unknown["label"] == "unknown artist"
     assert val["methods"][val["method"]]["auroc"] > 0.5
-    p = m["open_set_test"]["predict"]
+    p = m["open_set_test"]
     assert p["known_correct_name"] + p["known_called_unknown"] + p["known_wrong_name"] == pytest.approx(1.0, abs=1e-3)
 
 
@@ -116,3 +119,10 @@ def test_cli_trains_a_model_and_attributes_a_painting(embedded, tmp_path):
     assert {a["artist"] for a in first["artists"]} <= set(model.task("artist").labels)  # known artists only
     assert len(first["artists"][0]["works"]) == 3 and "katsushika-hokusai_" in first["artists"][0]["works"][0]["path"]
     assert first["model"]["top"][0]["label"] == "Katsushika Hokusai"
+    # the answer's evidence: the nearest known paintings (Hokusai's when the head names him)
+    ev = first["evidence"]
+    assert len(ev["works"]) == 3
+    if first["model"]["label"] == "Katsushika Hokusai":
+        assert ev["artist"] == "Katsushika Hokusai" and ev["works"] == first["artists"][0]["works"]
+    else:
+        assert first["model"]["label"] == "unknown artist" and ev["artist"] is None

@@ -12,7 +12,6 @@ import pytest
 
 from artlens import metrics as M
 from artlens.evaluate.metrics import task_metrics
-from artlens.train.artist import closed_set_metrics
 from artlens.train.calibrate import classification_metrics
 
 LABELS = ["a", "b", "c", "d"]  # d is neither true nor predicted anywhere
@@ -39,7 +38,7 @@ def test_absent_class_same_macro_f1_through_train_evaluate_and_artist_paths():
     z = _logits(PRED)
     train = classification_metrics(z, Y, LABELS)
     evaluate = task_metrics(Y, M.softmax(z), LABELS)
-    artist = closed_set_metrics(M.softmax(z), Y, len(LABELS))
+    artist = M.closed_set_metrics(M.softmax(z), Y, len(LABELS))
     assert train["macro_f1"] == pytest.approx(F1_PRESENT)
     assert evaluate["macro_f1"] == pytest.approx(F1_PRESENT, abs=1e-6)
     assert artist["macro_f1"] == pytest.approx(F1_PRESENT, abs=1e-4)

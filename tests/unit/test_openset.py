@@ -6,23 +6,36 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from artlens.models.artmodel import ArtModel
-from artlens.predict import Predictor
-from artlens.data.taxonomy import artist_display_name, wikiart_name_fields
-from artlens.train import openset
-from artlens.train.artist import (
+from artlens import metrics as M
+from artlens.data.artist_split import (
     FOLD_COL,
     GROUP_COL,
     ROLE_COL,
     SPLIT_COL,
-    add_artist_task,
-    background_classes,
     crossfit_folds,
     open_set_split,
-    train_artist_task,
+    title_year,
 )
+from artlens.data.taxonomy import artist_display_name, wikiart_name_fields
+from artlens.evaluate.artist import evaluate_artist, known_scores
+from artlens.models.artmodel import ArtModel
+from artlens.predict import Predictor
+from artlens.train import openset
+from artlens.train.artist import background_classes, fit_head, fold_transfer, train_artist_task
+from artlens.train.artist_task import add_artist_task
+
+LINEAR = [{"components": None, "weight_decay": 1e-3}]
 
 DIM = 24
+
+
+def _train(df, X, **kw):
+    """`train_artist_task` + the test numbers (`artlens.evaluate.artist`), as `artlens train-artist` does."""
+    kw.setdefault("candidates", LINEAR)
+    art = train_artist_task(df, X, threads=1, **kw)
+    f = art.split.frame
+    art.metrics.update(evaluate_artist(art.to_model(all_openset=True), f, X[f["row"].to_numpy()]))
+    return art
 
 
 def _clusters(n_known=6, n_unknown=8, per_known=40, per_unknown=12, spread=1.3, seed=0):
@@ -46,9 +59,7 @@ def trained():
 
     torch.set_num_threads(1)
     df, X = _clusters(n_unknown=12, per_known=60, spread=1.2)
-    art = train_artist_task(df, X, min_per_class=40, backbone={"name": "synthetic"}, threads=1,
-                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
-    return df, X, art
+    return df, X, _train(df, X, min_per_class=40, backbone={"name": "synthetic"})
 
 
 # ----------------------------------------------------------------------------- labels and split
@@ -129,8 +140,19 @@ def test_separable_scores_get_a_cut_in_the_gap():
 
 
 def test_auroc_orders_known_above_unknown():
-    assert openset.auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
-    assert openset.auroc(np.array([0.1, 0.2]), np.array([0.9, 0.8])) == 0.0
+    assert M.auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert M.auroc(np.array([0.1, 0.2]), np.array([0.9, 0.8])) == 0.0
+    assert np.isnan(M.auroc(np.array([0.5]), np.array([])))
+
+
+def test_balanced_point_is_the_best_cut_for_both():
+    known = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    correct = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool)
+    unknown = np.array([0.65, 0.35, 0.25, 0.15, 0.1, 0.0])
+    grid = np.linspace(-0.1, 1.0, 1101)
+    best = max(min((correct & (known >= c)).mean(), (unknown < c).mean()) for c in grid)
+    assert openset.balanced_point(known, correct, unknown) == pytest.approx(best)
+    assert openset.balanced_point(np.linspace(0.6, 1, 9), np.ones(9, bool), np.linspace(0, 0.4, 9)) == 1.0
 
 
 @pytest.mark.parametrize("n_background", [1, 3])
@@ -147,7 +169,7 @@ def test_open_set_reject_applies_the_calibrated_rule(method, n_background):
                            "openset.artist.background.weight": rng.normal(size=(n_background, 8)).astype(np.float32),
                            "openset.artist.background.bias": np.full(n_background, 0.3, np.float32)})
     X = rng.normal(size=(200, 8)).astype(np.float32)
-    scores = openset.model_known_scores(model, "artist", X)[method]
+    scores = known_scores(model, X)[method]
     cut = float(np.median(scores))
     model.task("artist").unknown = openset.make_rule(method, cut)
     np.testing.assert_array_equal(model.known_scores("artist", X), scores)
@@ -178,11 +200,12 @@ def test_trained_head_names_known_artists_and_rejects_unknown_ones(trained):
     # other artists that resemble the unknown ones, as on WikiArt; here they do not.)
     auc = {k: r["auroc"] for k, r in val["methods"].items()}
     assert auc["centroid"] > auc["max_prob"]
-    assert test["rule"]["auroc"] > 0.9
+    assert test["auroc"] == test["auroc_by_method"][val["method"]] > 0.9
     assert m["background"] and m["split"]["unknown_train"] > 0
-    assert test["predict"]["known_correct_name"] >= 0.8
-    assert test["predict"]["unknown_called_unknown"] >= 0.8
-    assert test["predict"]["false_attribution_rate"] == pytest.approx(1 - test["predict"]["unknown_called_unknown"])
+    assert test["known_correct_name"] >= 0.8
+    assert test["unknown_called_unknown"] >= 0.8
+    assert test["false_attribution_rate"] == pytest.approx(1 - test["unknown_called_unknown"])
+    assert test["known_correct_name"] + test["known_called_unknown"] + test["known_wrong_name"] == pytest.approx(1, abs=1e-3)
 
 
 def test_standalone_model_predicts_unknown_artist(trained, tmp_path):
@@ -258,8 +281,7 @@ def test_without_background_the_method_is_not_offered():
 
     torch.set_num_threads(1)
     df, X = _clusters(n_known=3, n_unknown=4, per_known=40, per_unknown=10, seed=2)
-    art = train_artist_task(df, X, min_per_class=40, background=False, threads=1,
-                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    art = train_artist_task(df, X, min_per_class=40, background=False, threads=1, candidates=LINEAR)
     assert art.background is None and not art.metrics["background"]
     assert set(art.metrics["open_set_validation"]["methods"]) == {"max_prob", "energy", "centroid"}
 
@@ -270,8 +292,7 @@ def test_final_model_without_test_split():
 
     torch.set_num_threads(1)
     df, X = _clusters(n_known=3, n_unknown=6, per_known=40, per_unknown=10, seed=4)
-    art = train_artist_task(df, X, min_per_class=40, fractions=(0.8, 0.2, 0.0), unknown_fractions=(0.7, 0.3, 0.0),
-                            threads=1, candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    art = _train(df, X, min_per_class=40, fractions=(0.8, 0.2, 0.0), unknown_fractions=(0.7, 0.3, 0.0))
     s = art.metrics["split"]
     assert s["known_train"] == 3 * 32 and s["known_val"] == 3 * 8 and "known_test" not in s and "unknown_test" not in s
     assert "open_set_test" not in art.metrics and art.task.unknown["label"] == "unknown artist"
@@ -283,7 +304,7 @@ def test_crossfit_folds_spread_known_paintings_and_keep_unknown_artists_whole():
     dup = df.iloc[[0]].assign(path="/data/Other/artist-00_work-0b.jpg")  # a near copy (same bytes): one group
     df = pd.concat([df, dup], ignore_index=True)
     f = open_set_split(df, min_per_class=40, seed=3).frame
-    fold = crossfit_folds(f, n_folds=4, seed=3)
+    fold = crossfit_folds(f, n_folds=4, seed=3, shift="painting")
     pool = f[SPLIT_COL].isin(["train", "val"]).to_numpy()
     assert (fold[~pool] == -1).all() and (fold[pool] >= 0).all() and set(fold[pool]) == {0, 1, 2, 3}
     known = pool & (f[ROLE_COL] == "known").to_numpy()
@@ -295,9 +316,50 @@ def test_crossfit_folds_spread_known_paintings_and_keep_unknown_artists_whole():
     unknown = pool & (f[ROLE_COL] == "unknown").to_numpy()
     per_artist = pd.Series(fold[unknown]).groupby(f["artist_label"].to_numpy()[unknown]).nunique()
     assert per_artist.max() == 1 and len(set(fold[unknown])) == 4  # whole artists, spread over the folds
-    assert (crossfit_folds(f, n_folds=4, seed=3) == fold).all()  # seeded
+    assert (crossfit_folds(f, n_folds=4, seed=3, shift="painting") == fold).all()  # seeded
     with pytest.raises(ValueError, match="at least 2 folds"):
         crossfit_folds(f, n_folds=1)
+    with pytest.raises(ValueError, match="shift must be"):
+        crossfit_folds(f, shift="random")
+
+
+def test_title_year_reads_the_last_year_of_a_title():
+    assert title_year("water lilies 1916") == 1916.0
+    assert title_year("polynesia the sky 1946(1)") == 1946.0
+    assert title_year("view from 1870 to 1875") == 1875.0
+    assert np.isnan(title_year("sunday 12345 afternoon")) and np.isnan(title_year(None)) and np.isnan(title_year("untitled"))
+
+
+def test_period_folds_hold_out_other_styles_and_periods_of_the_same_artists():
+    """The shipped folds: an artist's paintings in a minority style travel to one fold together, and
+    its dated paintings go to the folds in contiguous periods (a fold's years never interleave with
+    another's); undated paintings are dealt one at a time; unknown artists stay whole."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for a in range(3):
+        for i in range(60):
+            style = "Cubism" if (a == 0 and i < 15) else "Impressionism"
+            year = f"-{1880 + i}" if i % 3 else ""  # two thirds dated
+            rows.append({"path": f"/d/{style}/artist-{a:02d}_work-{i}{year}.jpg", "style": style, "sha256": f"{a}{i:063d}"})
+    for a in range(3, 13):
+        rows += [{"path": f"/d/Cubism/artist-{a:02d}_w-{i}.jpg", "style": "Cubism", "sha256": f"{a:02d}{i:062d}"} for i in range(5)]
+    df = pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    f = open_set_split(df, min_per_class=40, fractions=(0.8, 0.2, 0.0), unknown_fractions=(0.7, 0.3, 0.0), seed=0).frame
+    fold = crossfit_folds(f, n_folds=5, seed=0)
+    assert (fold >= 0).all() and set(fold) == set(range(5))
+    known = (f[ROLE_COL] == "known").to_numpy()
+    cubism0 = known & (f["artist_label"] == "Artist 00").to_numpy() & (f["style"] == "Cubism").to_numpy()
+    assert len(set(fold[cubism0])) == 1  # 15 Cubist paintings of artist 00: one block
+    years = np.array([title_year(t) for t in f["title"]])
+    for artist in ("Artist 01", "Artist 02"):  # (artist 00's Cubist block makes two periods share a fold)
+        rows_a = known & (f["artist_label"] == artist).to_numpy() & ~cubism0 & np.isfinite(years)
+        ranges = sorted((years[rows_a & (fold == k)].min(), years[rows_a & (fold == k)].max()) for k in set(fold[rows_a]))
+        assert len(ranges) == 5 and all(hi < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))  # contiguous periods
+    for artist in ("Artist 00", "Artist 01", "Artist 02"):
+        assert np.bincount(fold[known & (f["artist_label"] == artist).to_numpy()], minlength=5).min() >= 5
+    unknown = ~known
+    assert pd.Series(fold[unknown]).groupby(f["artist_label"].to_numpy()[unknown]).nunique().max() == 1
+    assert (crossfit_folds(f, n_folds=5, seed=0) == fold).all()  # seeded
 
 
 def test_shipped_head_trains_on_train_and_val_and_calibrates_out_of_fold(trained):
@@ -318,7 +380,7 @@ def test_shipped_head_trains_on_train_and_val_and_calibrates_out_of_fold(trained
     c = art.calibration_scores
     assert len(c["correct"]) == pool_known.sum() and set(c["unknown"]) == set(openset.METHODS)
     assert len(c["unknown"]["background"]) == pool_unknown.sum()
-    in_sample = openset.model_known_scores(art.to_model(all_openset=True), "artist", Xf[pool_unknown])["background"]
+    in_sample = known_scores(art.to_model(all_openset=True), Xf[pool_unknown])["background"]
     assert c["unknown"]["background"].mean() > in_sample.mean() + 0.05  # unseen artists look more known
     # The rule is the validation operating point of the chosen method on those scores.
     rule, op = art.task.unknown, art.openset["methods"][art.openset["method"]]["operating_point"]
@@ -327,39 +389,53 @@ def test_shipped_head_trains_on_train_and_val_and_calibrates_out_of_fold(trained
     again = openset.operating_point(thr, c["known"][method], c["correct"], c["unknown"][method])
     assert again.unknown_rejected == pytest.approx(op["unknown_rejected"]) and again.known_correct == pytest.approx(op["known_correct"])
     assert op["unknown_rejected"] >= 0.8 and op["known_accepted"] >= 0.8
-    # every method is scored on test at its own validation threshold
-    assert set(m["open_set_test"]["by_method"]) == set(openset.METHODS)
-    assert m["open_set_test"]["by_method"][method]["unknown_rejected"] == pytest.approx(m["open_set_test"]["rule"]["unknown_rejected"])
+    # The rule checked fold by fold (threshold chosen without the fold), every pool painting once.
+    ft = m["fold_transfer"]
+    assert sum(r["n_known"] for r in ft["folds"]) == pool_known.sum()
+    assert sum(r["n_unknown"] for r in ft["folds"]) == pool_unknown.sum()
+    assert ft["known_correct"]["min"] <= ft["known_correct"]["mean"] <= ft["known_correct"]["max"]
 
 
-def test_holdout_validation_is_still_offered_and_unknown_modes_refused():
+def test_unknown_fold_shifts_are_refused():
+    df, X = _clusters(n_known=3, n_unknown=8, per_known=40, per_unknown=10, seed=7)
+    with pytest.raises(ValueError, match="shift must be"):
+        train_artist_task(df, X, min_per_class=40, shift="test")
+
+
+def test_fold_transfer_chooses_each_threshold_without_its_fold():
+    """Fold 1's scores are shifted down (other periods of the artists): the threshold chosen on fold
+    0 alone (>= 80% of its known paintings kept, its unknown ones rejected) keeps few of fold 1's."""
+    known = np.r_[np.linspace(0.5, 1.0, 50), np.linspace(0.1, 0.6, 50)]
+    unknown = np.r_[np.linspace(0.0, 0.45, 50), np.linspace(0.0, 0.45, 50)]
+    fold_k, fold_u = np.repeat([0, 1], 50), np.repeat([0, 1], 50)
+    ft = fold_transfer(known, np.ones(100, bool), unknown, fold_k, fold_u, target_known=0.8, target_unknown=0.8)
+    by = {r["fold"]: r for r in ft["folds"]}
+    assert by[1]["known_correct"] < 0.3 and by[1]["unknown_rejected"] == 1.0  # fold 0's cut is too high for fold 1
+    assert by[0]["known_correct"] == 1.0  # fold 1's cut is low enough for fold 0
+    assert ft["known_correct"]["min"] == by[1]["known_correct"] and ft["known_correct"]["max"] == 1.0
+
+
+def test_pca_head_folds_into_one_linear_layer():
+    """A head trained on whitened principal axes is one Linear layer over the standardised features:
+    the same logits as the projection followed by the head."""
     import torch
+    from sklearn.decomposition import PCA
+
+    from artlens.train.probe import fit_linear
 
     torch.set_num_threads(1)
-    df, X = _clusters(n_known=3, n_unknown=8, per_known=40, per_unknown=10, seed=7)
-    art = train_artist_task(df, X, min_per_class=40, validation="holdout", threads=1,
-                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
-    assert art.metrics["split"]["validation"].startswith("holdout")
-    assert len(art.calibration_scores["correct"]) == art.metrics["split"]["known_val"]
-    assert art.task.unknown["label"] == "unknown artist"
-    with pytest.raises(ValueError, match="validation must be"):
-        train_artist_task(df, X, min_per_class=40, validation="test")
-
-
-def test_calibrate_scores_is_what_calibrate_chooses(trained):
-    _, X, art = trained
-    model = art.to_model(all_openset=True)
-    rng = np.random.default_rng(1)
-    known, unknown = X[:120], openset.l2n(rng.normal(size=(60, DIM)))
-    y = model.predict_proba(known)["artist"].argmax(axis=1)
-    y[::4] = (y[::4] + 1) % len(art.labels)  # some wrong answers
-    cal = openset.calibrate(model, "artist", known, y, unknown, known_rate="correct")
-    sk, su = openset.model_known_scores(model, "artist", known), openset.model_known_scores(model, "artist", unknown)
-    best, rule, results = openset.calibrate_scores(sk, y == model.predict_proba(known)["artist"].argmax(axis=1), su,
-                                                   known_rate="correct")
-    assert (best, rule, results) == (cal.method, cal.rule, cal.methods)
-    with pytest.raises(ValueError, match="known_rate"):
-        openset.calibrate_scores(sk, np.ones(len(known), bool), su, known_rate="named")
+    df, X = _clusters(n_known=4, n_unknown=0, per_known=30, seed=9)
+    y = np.repeat(np.arange(4), 30)
+    rows = np.ones(len(X), bool)
+    w, b, mean, std = fit_head(X, y, 4, {"components": 8, "weight_decay": 1e-2}, rows)
+    assert w.shape == (4, DIM) and b.shape == (4,)
+    Z = (X - mean) / std
+    pca = PCA(8, whiten=True, svd_solver="full", random_state=0).fit(Z)
+    head = fit_linear(pca.transform(Z).astype(np.float32), y, 4, 1e-2)
+    with torch.no_grad():
+        expected = head(torch.as_tensor(pca.transform(Z), dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(Z @ w.T + b, expected, atol=1e-3)
+    assert ((Z @ w.T + b).argmax(1) == y).mean() > 0.9
 
 
 def test_train_artist_report_names_the_kept_out_artists(trained):
@@ -409,16 +485,22 @@ def test_background_rule_is_chosen_when_unknown_artists_look_like_known_ones():
 
     torch.set_num_threads(1)
     df, X = _lookalikes(seed=0)
-    art = train_artist_task(df, X, min_per_class=40, threads=1, background_min_paintings=0,
-                            candidates=[{"type": "linear", "weight_decay": [1e-3], "class_weight": [None]}])
+    art = _train(df, X, min_per_class=40, background_min_paintings=0, shift="painting")
     val, test = art.metrics["open_set_validation"], art.metrics["open_set_test"]
     assert art.task.unknown["method"] == val["method"] == "background"
     auc = test["auroc_by_method"]
     assert auc["background"] > max(auc["max_prob"], auc["energy"], auc["centroid"])
-    assert test["predict"]["unknown_called_unknown"] >= 0.8 and test["predict"]["known_correct_name"] >= 0.8
-    # Predictor (what users see) and the rule's own evaluation agree exactly.
-    assert test["predict"]["unknown_called_unknown"] == pytest.approx(test["rule"]["unknown_rejected"], abs=1e-4)
-    assert test["predict"]["known_correct_name"] == pytest.approx(test["rule"]["known_correct"], abs=1e-4)
+    assert test["unknown_called_unknown"] >= 0.8 and test["known_correct_name"] >= 0.8
+    # Predictor (what users see) and the rule's threshold on the model's known scores agree exactly.
+    model, f = art.to_model(), art.split.frame
+    Xf, part, role = X[f["row"].to_numpy()], f[SPLIT_COL].to_numpy(), f[ROLE_COL].to_numpy()
+    kt, ut = (role == "known") & (part == "test"), (role == "unknown") & (part == "test")
+    y = np.array([art.labels.index(a) if a in art.labels else -1 for a in f["artist_label"]])[kt]
+    correct = model.predict_proba(Xf[kt])["artist"].argmax(1) == y
+    op = openset.operating_point(art.task.unknown["threshold"], model.known_scores("artist", Xf[kt]), correct,
+                                 model.known_scores("artist", Xf[ut]))
+    assert test["unknown_called_unknown"] == pytest.approx(op.unknown_rejected, abs=1e-4)
+    assert test["known_correct_name"] == pytest.approx(op.known_correct, abs=1e-4)
 
 
 def test_crossfit_copes_with_artists_smaller_than_the_folds():
@@ -428,8 +510,7 @@ def test_crossfit_copes_with_artists_smaller_than_the_folds():
 
     torch.set_num_threads(1)
     df, X = _clusters(n_known=4, n_unknown=10, per_known=2, per_unknown=1, spread=0.5, seed=8)
-    art = train_artist_task(df, X, min_per_class=2, threads=1,
-                            candidates=[{"type": "linear", "weight_decay": [1e-2], "class_weight": [None]}])
+    art = train_artist_task(df, X, min_per_class=2, threads=1, candidates=[{"components": None, "weight_decay": 1e-2}])
     assert art.metrics["split"]["known_artists"] == 4 and art.metrics["closed_set_val"]["n"] == 4
     assert np.isfinite(art.calibration_scores["known"]["centroid"]).all()
     assert art.task.unknown["label"] == "unknown artist"

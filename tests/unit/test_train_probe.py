@@ -159,3 +159,21 @@ def test_probe_export_round_trip_equal_logits(tmp_path):
     assert model.task("style").temperature == pytest.approx(res.tasks[0].temperature)
     assert model.config["metrics"]["test"]["style"]["macro_f1"] == pytest.approx(res.metrics["test"]["style"]["macro_f1"])
     assert (tmp_path / "m" / "metrics.json").is_file() and (tmp_path / "m" / "recipe.yaml").is_file()
+
+
+def test_selection_score_is_the_macro_f1_evaluate_reports():
+    """The probe picks candidates on artlens.metrics' macro-F1 (classes present in the truth or the
+    predictions), the number `artlens evaluate` prints: a class absent from validation does not count
+    as F1 = 0."""
+    from artlens import metrics as M
+    from artlens.evaluate.metrics import task_metrics
+    from artlens.train.probe import _score
+
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 1, 1, 0, 2, 2, 1])
+    logits = np.eye(4)[pred] * 3.0  # class 3: never true, never predicted
+    f1, nll = _score(logits, y, "macro_f1")
+    assert f1 == pytest.approx((2 / 3 + 0.4 + 0.8) / 3) and f1 == pytest.approx(M.macro_f1(y, pred))
+    assert f1 == pytest.approx(task_metrics(y, softmax(logits), list("abcd"))["macro_f1"], abs=1e-6)
+    assert nll == pytest.approx(M.log_loss(softmax(logits), y))
+    assert _score(logits, y, "accuracy")[0] == pytest.approx(5 / 8)

@@ -108,6 +108,24 @@ DEFAULTS: dict[str, Any] = {
         "family": True,  # a generator-family head beside the `ai` answer
         "cap": 1500,  # rows per group in each leave-one-group-out fit
     },
+    # The artist head with its `unknown artist` rule (artlens.train.artist), after the probe: the
+    # rows matching `where` with an artist (the `column`, else WikiArt file names).
+    "artist": {
+        "enabled": False,
+        "where": None,  # {column: value}: the rows that count, e.g. {kind: painting}
+        "column": "artist",
+        "min_per_class": 40,  # artists with fewer paintings stand for the unknown ones
+        "shift": "period",  # out-of-fold known paintings: other periods / styles (period) or any (painting)
+        "folds": 5,
+        "candidates": None,  # [{components: 512, weight_decay: 0.01}, ...]; null: the built-in one
+        "background": True,
+        "background_min_paintings": 5,
+        "target_known": 0.8,  # known paintings keeping their correct name, out of fold
+        "target_unknown": 0.8,  # unknown artists' paintings called `unknown artist`, out of fold
+        "known_rate": "correct",
+        "test_fraction": 0.0,  # > 0: a test part kept out of everything (numbers: artlens.evaluate.artist)
+        "threads": None,
+    },
     "calibration": {
         "temperature": True,
         # precision: the lowest threshold whose accepted validation predictions reach `target`

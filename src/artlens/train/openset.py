@@ -24,10 +24,11 @@ Thresholds are chosen on validation data that holds out whole classes (unknown a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from artlens import metrics as M
 from artlens.metrics import l2_normalize as l2n
 from artlens.models.artmodel import ArtModel
 
@@ -48,21 +49,6 @@ def class_centroids(features: np.ndarray, y: Sequence[int], n_classes: int) -> n
     return l2n(out)
 
 
-def model_known_scores(model: ArtModel, task: str, features: np.ndarray,
-                       centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Known scores of every method the model has data for, as `Predictor` computes them."""
-    logits = model.head_logits(features)[task]
-    probs = model.predict_proba(features)[task]
-    has_centroids = centroids is not None or f"openset.{task}.centroids" in model.tensors
-    has_background = f"openset.{task}.background.weight" in model.tensors
-    out = {}
-    for m in METHODS:
-        if (m == "centroid" and not has_centroids) or (m == "background" and not has_background):
-            continue
-        out[m] = model.known_scores(task, features, logits, method=m, centroids=centroids, probs=probs)
-    return out
-
-
 def rule_threshold(method: str, score_threshold: float) -> float:
     """The threshold stored in the rule for a known-score threshold (energy rules compare -score)."""
     return -float(score_threshold) if method == "energy" else float(score_threshold)
@@ -77,16 +63,6 @@ def make_rule(method: str, score_threshold: float, label: str = DEFAULT_LABEL, *
         rule["energy_temperature"] = float(extra.pop("energy_temperature", 1.0))
     rule.update(extra)
     return rule
-
-
-def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
-    """Known-vs-unknown AUROC of a known score (1 = perfect separation, 0.5 = chance)."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(known) == 0 or len(unknown) == 0:
-        return float("nan")
-    y = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
-    return float(roc_auc_score(y, np.r_[known, unknown]))
 
 
 @dataclass
@@ -194,21 +170,21 @@ def choose_threshold(
     return operating_point(float(cuts[i]), known, correct, unknown, criterion=crit)
 
 
+
+def balanced_point(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray) -> float:
+    """The best any threshold does on both at once: max over cuts of min(share of known paintings
+    kept with their correct name, share of unknown ones rejected). Threshold-free, like AUROC, but
+    bounded by the head's accuracy: what the artist task's candidates are compared on."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    s = np.unique(np.r_[known, unknown])
+    cuts = np.r_[s[0] - 1.0, (s[1:] + s[:-1]) / 2, s[-1] + 1.0]
+    kc, ur = _rates(cuts, known, np.asarray(correct, bool), unknown)
+    return float(np.minimum(kc, ur).max())
+
 def _middle(idx: np.ndarray) -> int:
     return int(idx[len(idx) // 2])
-
-
-@dataclass
-class OpenSetCalibration:
-    """What `calibrate` found: per-method AUROC and operating point, the chosen rule and its tensors."""
-
-    method: str
-    rule: dict
-    tensors: dict[str, np.ndarray]
-    methods: dict[str, dict] = field(default_factory=dict)  # method -> {"auroc", "operating_point"}
-
-    def as_dict(self) -> dict:
-        return {"method": self.method, "rule": self.rule, "methods": self.methods}
 
 
 def calibrate_scores(
@@ -251,7 +227,7 @@ def calibrate_scores(
             crit = op.criterion.replace("known_correct>=", "known_named>=").replace("max known_correct+", "max known_named+")
             crit = crit.replace("min(known_correct-", "min(known_named-")
             op = operating_point(op.threshold, sk[m], correct, su[m], criterion=crit)
-        results[m] = {"auroc": round(auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
+        results[m] = {"auroc": round(M.auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
     if not results:
         raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
 
@@ -264,69 +240,3 @@ def calibrate_scores(
     rule = make_rule(best, results[best]["operating_point"]["threshold"], label=label)
     return best, rule, results
 
-
-def calibrate(
-    model,
-    task: str,
-    known_features: np.ndarray,
-    known_y: np.ndarray,
-    unknown_features: np.ndarray,
-    *,
-    centroids: np.ndarray | None = None,
-    methods: Sequence[str] = METHODS,
-    target_known: float = 0.8,
-    target_unknown: float | None = 0.8,
-    known_rate: str = "accepted",
-    label: str = DEFAULT_LABEL,
-    select_by: str = "auroc",
-) -> OpenSetCalibration:
-    """Compare the open-set methods on validation data and return the best one's rule.
-
-    `known_features`/`known_y`: validation paintings of the head's classes (y indexes its labels);
-    `unknown_features`: validation paintings of classes the head never saw (whole artists held out).
-    Scores run through `model` exactly as `Predictor` computes them; the choice is
-    `calibrate_scores`'s (see there for `select_by` and `known_rate`).
-    """
-    if known_rate not in ("correct", "accepted"):
-        raise ValueError(f"known_rate must be 'correct' or 'accepted', not {known_rate!r}")
-    if len(unknown_features) == 0:
-        raise ValueError("open-set calibration needs validation paintings of unknown classes")
-    if centroids is not None:
-        centroids = l2n(centroids)
-    known_y = np.asarray(known_y, dtype=np.int64)
-    correct = model.predict_proba(known_features)[task].argmax(axis=1) == known_y
-    sk = model_known_scores(model, task, known_features, centroids)
-    su = model_known_scores(model, task, unknown_features, centroids)
-    best, rule, results = calibrate_scores(sk, correct, su, methods=methods, target_known=target_known,
-                                           target_unknown=target_unknown, known_rate=known_rate, label=label,
-                                           select_by=select_by)
-    return OpenSetCalibration(method=best, rule=rule, tensors=rule_tensors(model, task, best, centroids), methods=results)
-
-
-def rule_tensors(model, task: str, method: str, centroids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The `openset.<task>.*` tensors a rule of `method` needs, taken from `model` (or `centroids`)."""
-    if method == "centroid":
-        c = centroids if centroids is not None else model.tensors[f"openset.{task}.centroids"]
-        return {f"openset.{task}.centroids": np.asarray(c, np.float32)}
-    if method == "background":
-        return {k: v for k, v in model.tensors.items() if k.startswith(f"openset.{task}.background.")}
-    return {}
-
-
-def evaluate_rule(
-    model,
-    task: str,
-    rule: dict,
-    known_features: np.ndarray,
-    known_y: np.ndarray,
-    unknown_features: np.ndarray,
-    centroids: np.ndarray | None = None,
-) -> dict:
-    """Open-set numbers of a rule on (test) data: AUROC of its score and the rates at its threshold."""
-    method = rule["method"]
-    sk = model_known_scores(model, task, known_features, centroids)[method]
-    su = model_known_scores(model, task, unknown_features, centroids)[method] if len(unknown_features) else np.zeros(0)
-    correct = model.predict_proba(known_features)[task].argmax(axis=1) == np.asarray(known_y)
-    thr = -float(rule["threshold"]) if method == "energy" else float(rule["threshold"])
-    op = operating_point(thr, sk, correct, su, criterion="rule")
-    return {"method": method, "auroc": round(auroc(sk, su), 6), **op.as_dict()}

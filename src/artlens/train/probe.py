@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens import metrics as M
 from artlens.train.calibrate import calibrate_task, classification_metrics, softmax
 
 log = logging.getLogger(__name__)
@@ -61,17 +62,11 @@ def expand_candidates(candidates: list[dict]) -> list[dict]:
 
 
 def _describe(c: dict) -> str:
-    if c["type"] == "linear":
-        s = f"linear wd={c['weight_decay']:g}"
-    else:
-        s = f"mlp {'-'.join(map(str, c['hidden']))} drop={c['dropout']:g} wd={c['weight_decay']:g}"
-    if c.get("class_weight"):
-        s += f" cw={c['class_weight']}"
-    if c.get("best_epoch"):
-        s += f" ep={c['best_epoch']}"
-    if c.get("ensemble", 1) > 1:
-        s += f" x{c['ensemble']}"
-    return s
+    s = (f"linear wd={c['weight_decay']:g}" if c["type"] == "linear" else
+         f"mlp {'-'.join(map(str, c['hidden']))} drop={c['dropout']:g} wd={c['weight_decay']:g}")
+    s += f" cw={c['class_weight']}" if c.get("class_weight") else ""
+    s += f" ep={c['best_epoch']}" if c.get("best_epoch") else ""
+    return s + (f" x{c['ensemble']}" if c.get("ensemble", 1) > 1 else "")
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -117,17 +112,11 @@ def _logits(head, X) -> np.ndarray:
 
 
 def _score(logits: np.ndarray, y: np.ndarray, metric: str) -> tuple[float, float]:
-    """(selection metric, NLL) on labelled rows."""
-    from sklearn.metrics import f1_score
-
+    """(selection metric, NLL) on labelled rows: accuracy or macro-F1 as `artlens.metrics` computes
+    them (macro-F1 over the classes present in the truth or the predictions, as `artlens evaluate`)."""
     pred = logits.argmax(1)
-    if metric == "accuracy":
-        s = float((pred == y).mean())
-    else:
-        s = float(f1_score(y, pred, average="macro", labels=np.arange(logits.shape[1]), zero_division=0))
-    p = softmax(logits)
-    nll = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-    return s, nll
+    s = M.accuracy(y, pred) if metric == "accuracy" else M.macro_f1(y, pred)
+    return float(s), M.log_loss(softmax(logits), y)
 
 
 def fit_mlp(X, y, Xv, yv, n_classes: int, hidden, dropout: float, weight_decay: float, class_weight=None,
@@ -249,20 +238,23 @@ def train_task(name: str, labels: list[str], X: np.ndarray, y: np.ndarray, split
     metric = pcfg.get("metric", "macro_f1")
     cands = expand_candidates(pcfg["candidates"])
     trials, best = [], None
+
+    def trial(c: dict, s: float, nll: float, t0: float) -> None:
+        trials.append({"candidate": c, "describe": _describe(c), f"val_{metric}": s, "val_nll": nll,
+                       "seconds": round(time.perf_counter() - t0, 2)})
+        log.debug("%s: %s -> val %s %.4f (nll %.3f)", name, trials[-1]["describe"], metric, s, nll)
+        if progress is not None:
+            progress(trials[-1])
+
     for c in cands:
         t0 = time.perf_counter()
         head, best_epoch = _fit(c, Xtr, ytr, Xv, yv, n_classes, pcfg, metric, seed)
         s, nll = _score(_logits(head, Xv), yv, metric)
         if best_epoch is not None:
             c = {**c, "best_epoch": best_epoch}
-        trial = {"candidate": c, "describe": _describe(c), f"val_{metric}": s, "val_nll": nll,
-                 "seconds": round(time.perf_counter() - t0, 2)}
-        trials.append(trial)
-        log.debug("%s: %s -> val %s %.4f (nll %.3f)", name, trial["describe"], metric, s, nll)
+        trial(c, s, nll, t0)
         if best is None or (s, -nll) > (best[0], -best[1]):
             best = (s, nll, c, head)
-        if progress is not None:
-            progress(trial)
     score, nll, chosen, head = best
     n_ens = int(pcfg.get("ensemble", 1) or 1)
     if chosen["type"] == "mlp" and n_ens > 1:
@@ -275,11 +267,7 @@ def train_task(name: str, labels: list[str], X: np.ndarray, y: np.ndarray, split
         merged = merge_heads(members)
         s, nll_e = _score(_logits(merged, Xv), yv, metric)
         c = {**chosen, "ensemble": n_ens}
-        trial = {"candidate": c, "describe": _describe(c), f"val_{metric}": s, "val_nll": nll_e,
-                 "seconds": round(time.perf_counter() - t0, 2)}
-        trials.append(trial)
-        if progress is not None:
-            progress(trial)
+        trial(c, s, nll_e, t0)
         if (s, -nll_e) > (score, -nll):
             score, nll, chosen, head = s, nll_e, c, merged
     from artlens.models.heads import linear_indices
@@ -409,12 +397,10 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
     t0 = time.perf_counter()
     prepared = prepared or prepare(recipe, progress=show_progress)
     embed_stats = embed_errors = None
+    embed_seconds, t_embed = 0.0, time.perf_counter()
     if features is None:
-        t_embed = time.perf_counter()
         features, prepared, embed_errors, embed_stats = embed_rows(prepared, recipe, progress=show_progress)
         embed_seconds = time.perf_counter() - t_embed
-    else:
-        embed_seconds = 0.0
     t_train = time.perf_counter()
     result = train_probe(features, prepared.targets, prepared.split, prepared.tasks, recipe["probe"],
                          recipe["calibration"], seed=int(recipe["seed"]), progress=progress)
@@ -426,8 +412,14 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
         extra["embedding"] = embed_stats.as_dict()
     saved = save_run(recipe, result.tasks, result.heads, result.metrics, Path(out), mode="probe", spec=spec,
                      prepared=prepared, extra=extra, feature_dim=features.shape[1])
+    # Tasks trained their own way after the probe (imported here: they build on this module).
+    from artlens.train.artist import artist_from_recipe
+    from artlens.train.origin import add_origin
+
     if (recipe.get("origin") or {}).get("enabled"):
-        _add_origin(recipe, out, features, prepared, saved)
+        _add_task(out, saved, "origin", lambda m: add_origin(m, features, prepared.df, recipe["origin"]))
+    if (recipe.get("artist") or {}).get("enabled"):
+        _add_task(out, saved, "artist", lambda m: artist_from_recipe(m, features, prepared.df, recipe["artist"], int(recipe["seed"]))[0])
     # Files the scan accepted but the encoder could not use: the caller reports them with the
     # scan's unreadable files (and exits "partial").
     saved["embed_errors"] = [] if embed_errors is None or not len(embed_errors) else [
@@ -435,26 +427,24 @@ def run_probe(recipe: dict, out, *, prepared=None, features=None, progress=None,
     return saved
 
 
-def _add_origin(recipe: dict, out, features, prepared, saved: dict) -> None:
-    """Replace the probe's origin head (if any) by one trained by groups (artlens.train.origin);
-    the probe's split metrics for origin describe a head that is gone, so they go too."""
+def _add_task(out, saved: dict, name: str, build) -> None:
+    """Replace the probe's `name` head (if any) by `build(model)`'s (a task trained its own way:
+    origin by groups, the artist head with its open-set rule); the probe's split metrics for a head
+    that is gone go too, and the task's own metrics join `metrics.json`."""
     from pathlib import Path
 
     from artlens.models.artmodel import ArtModel
-    from artlens.train.origin import add_origin
 
-    model = add_origin(ArtModel.load(out), features, prepared.df, recipe["origin"])
-    for m in (saved["metrics"], model.config.get("metrics") or {}):
-        for part in ("train", "val", "test", "selected"):
-            (m.get(part) or {}).pop("origin", None)
-    model.save(out)
-    saved["metrics"]["origin"] = model.config["metrics"]["origin"]
-    saved["config"] = model.config
+    model = build(ArtModel.load(out))
     path = Path(out) / "metrics.json"
     on_disk = json.loads(path.read_text())
-    for part in ("train", "val", "test", "selected"):
-        (on_disk.get(part) or {}).pop("origin", None)
-    path.write_text(json.dumps({**on_disk, "origin": saved["metrics"]["origin"]}, indent=2) + "\n")
+    for m in (saved["metrics"], model.config.get("metrics") or {}, on_disk):
+        for part in ("train", "val", "test", "selected"):
+            (m.get(part) or {}).pop(name, None)
+    model.save(out)
+    saved["metrics"][name] = on_disk[name] = model.config["metrics"][name]
+    saved["config"] = model.config
+    path.write_text(json.dumps(on_disk, indent=2, default=str) + "\n")
 
 
 def _spec(name: str):
