@@ -110,3 +110,53 @@ def test_attribute_paths_keeps_going_past_bad_files(gallery, image_factory, tmp_
     assert len(out[0]["artists"]) == 2 and len(out[0]["artists"][0]["works"]) == 3
     assert out[1]["error"] and out[1]["artists"] == []
     assert out[2]["error"] and out[2]["artists"] == []
+
+
+def _artist_model(centres, known: list[int]):
+    """An artist head over the gallery's space: logits = 5 cos(x, centre), `unknown artist` below a
+    centroid cosine of 0.9."""
+    from artlens.models.artmodel import ArtModel
+
+    names = ["Claude Monet", "Rembrandt", "Marc Chagall", "Andy Warhol", "Katsushika Hokusai"]
+    c = centres[known] / np.linalg.norm(centres[known], axis=1, keepdims=True)
+    cfg = {"format": "artlens-model", "version": 1, "mode": "probe", "backbone": {"name": "synthetic", "feature_dim": DIM},
+           "tasks": [{"name": "artist", "labels": [names[i] for i in known],
+                      "unknown": {"method": "centroid", "threshold": 0.9, "label": "unknown artist"}}]}
+    return ArtModel(cfg, {"heads.artist.0.weight": (5 * c).astype(np.float32), "heads.artist.0.bias": np.zeros(len(known), np.float32),
+                          "openset.artist.centroids": c.astype(np.float32)})
+
+
+def test_model_answer_comes_with_the_nearest_known_paintings(gallery):
+    """A name comes with that artist's closest works; `unknown artist` with the closest paintings of
+    any known artist, so the answer shows how far the nearest known painting is."""
+    index, vecs, centres = gallery
+    model = _artist_model(centres, [0, 1, 2, 4])  # Andy Warhol is not a known artist
+    rng = np.random.default_rng(3)
+    queries = np.stack([centres[1] + 0.05 * rng.normal(size=DIM), centres[3]]).astype(np.float32)
+    named, unknown = attribute(index, queries, model=model, works_per_artist=4)
+    assert named["model"]["label"] == "Rembrandt" and named["evidence"]["artist"] == "Rembrandt"
+    works = named["evidence"]["works"]
+    assert len(works) == 4 and all("rembrandt_" in w["path"] and w["artist"] == "Rembrandt" for w in works)
+    assert [w["similarity"] for w in works] == sorted([w["similarity"] for w in works], reverse=True)
+    assert works == named["artists"][0]["works"][:4]  # the same works as the similarity ranking's first artist
+    assert unknown["model"]["label"] == "unknown artist" and unknown["evidence"]["artist"] is None
+    assert all(a["artist"] != "Andy Warhol" for a in unknown["artists"])  # only the model's artists are ranked
+    works = unknown["evidence"]["works"]
+    assert len(works) == 4 and all("andy-warhol_" not in w["path"] for w in works)
+    q = queries[1] / np.linalg.norm(queries[1])
+    known = ~index.rows["artist"].eq("andy-warhol").to_numpy()
+    sims = np.where(known, (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)) @ q, -np.inf)
+    assert [w["id"] for w in works] == list(np.argsort(-sims, kind="stable")[:4])  # nearest known paintings overall
+    assert works[0]["similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
+    with pytest.raises(ValueError, match="no artist task"):
+        attribute(index, queries, model=_without_artist(model))
+    with pytest.raises(ValueError, match="reads synthetic"):
+        attribute(FaissIndex.build(vecs, index.rows, backbone="other"), queries, model=model)
+
+
+def _without_artist(model):
+    from artlens.models.artmodel import ArtModel
+
+    cfg = {**model.config, "tasks": [{**model.config["tasks"][0], "name": "style", "unknown": None}]}
+    return ArtModel(cfg, {"heads.style.0.weight": model.tensors["heads.artist.0.weight"],
+                          "heads.style.0.bias": model.tensors["heads.artist.0.bias"]})
