@@ -11,7 +11,6 @@ be read gives a row with its error and never stops the batch.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,17 +35,13 @@ MANIFEST_SUFFIXES = {".parquet", ".csv"}
 AHEAD = 2
 
 
-@functools.cache
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
 def _one_blas_thread():
-    """A context in which numpy's BLAS runs on one thread (threadpoolctl; ~10 µs to enter)."""
+    """A context in which the BLAS libraries run on one thread. The loaded libraries are looked up
+    each time (about a millisecond per batch): a library loaded later (torch, scipy) is caught too."""
     try:
-        return _blas_controller().limit(limits=1, user_api="blas")
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
     except Exception:  # pragma: no cover - threadpoolctl missing or a BLAS it cannot steer
         return contextlib.nullcontext()
 
