@@ -129,6 +129,25 @@ def _pool(workers: int, preprocess: Callable):
 
 
 # --------------------------------------------------------------------------- main entry
+def given_hashes(df) -> list[str | None]:
+    """The manifest's valid sha256 per row (lower case), None where it has none (to be computed)."""
+    hashes: list[str | None] = [None] * len(df)
+    if "sha256" in df.columns:
+        for i, h in enumerate(df["sha256"]):
+            if isinstance(h, str) and len(h) == 64 and set(h.lower()) <= _HEX:
+                hashes[i] = h.lower()
+    return hashes
+
+
+def first_rows(hashes) -> dict[str, int]:
+    """Each distinct hash -> its first row: one image is embedded once however often it is listed."""
+    first: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        if h is not None and h not in first:
+            first[h] = i
+    return first
+
+
 def _as_frame(df):
     import pandas as pd
 
@@ -202,11 +221,7 @@ def embed_manifest(
 
     paths = [str(p) for p in df["path"]]
     n = len(paths)
-    hashes: list[str | None] = [None] * n
-    if "sha256" in df.columns:
-        for i, h in enumerate(df["sha256"]):
-            if isinstance(h, str) and len(h) == 64 and set(h.lower()) <= _HEX:
-                hashes[i] = h.lower()
+    hashes = given_hashes(df)
     reasons: dict[int, str] = {}
 
     todo_hash = [(i, paths[i]) for i in range(n) if hashes[i] is None]
@@ -223,10 +238,7 @@ def embed_manifest(
                     hashes[i] = h
 
         # 2. what the store lacks, one path per distinct image
-        first_row: dict[str, int] = {}
-        for i, h in enumerate(hashes):
-            if h is not None and h not in first_row:
-                first_row[h] = i
+        first_row = first_rows(hashes)
         stats.unique = len(first_row)
         have = store.contains(first_row) if first_row else np.zeros(0, bool)
         missing = [h for h, present in zip(first_row, have) if not present]

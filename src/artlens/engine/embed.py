@@ -14,11 +14,10 @@ from functools import partial
 import numpy as np
 
 from artlens.embed import EmbeddingStore, EmbedResult, EmbedStats, Encoder, get_encoder
+from artlens.embed.extract import first_rows, given_hashes
 from artlens.engine.cluster import RayOptions
 from artlens.engine.pipeline import describe_encoder, map_paths, run
 from artlens.engine.stages import EmbedWorker, hash_batch
-
-_HEX = set("0123456789abcdef")
 
 
 def _progress(enabled: bool, total: int):
@@ -60,11 +59,7 @@ def ray_embed_manifest(
         raise ValueError("the manifest has no 'path' column")
     paths = [str(p) for p in df["path"]]
     n = len(paths)
-    hashes: list[str | None] = [None] * n
-    if "sha256" in df.columns:
-        for i, h in enumerate(df["sha256"]):
-            if isinstance(h, str) and len(h) == 64 and set(h.lower()) <= _HEX:
-                hashes[i] = h.lower()
+    hashes = given_hashes(df)
     reasons: dict[int, str] = {}
 
     enc_kwargs = {"backbone_name": backbone, "backbone_state": backbone_state, "preprocessing": preprocessing,
@@ -84,10 +79,7 @@ def ray_embed_manifest(
                 hashes[int(i)] = h
 
     # 2. what the store lacks, one path per distinct image
-    first_row: dict[str, int] = {}
-    for i, h in enumerate(hashes):
-        if h is not None and h not in first_row:
-            first_row[h] = i
+    first_row = first_rows(hashes)
     missing = [h for h in first_row if h not in store]
     stats.unique, stats.reused = len(first_row), len(first_row) - len(missing)
 
