@@ -204,8 +204,9 @@ def spaces_bytes(spaces: dict[str, Space], **meta: Any) -> bytes:
                 tensors[f"{name}.{i}.mean"] = np.ascontiguousarray(b.mean, np.float32)
             if b.matrix is not None:
                 tensors[f"{name}.{i}.matrix"] = np.ascontiguousarray(b.matrix, np.float32)
-    header = {"format": SPACES_FORMAT, "version": str(SPACES_VERSION), "spaces": json.dumps(described),
-              "meta": json.dumps(meta)}
+    # One metadata entry: safetensors writes several in no fixed order, one keeps the bytes reproducible.
+    header = {"artlens": json.dumps({"format": SPACES_FORMAT, "version": SPACES_VERSION, "spaces": described,
+                                     "meta": meta}, sort_keys=True, default=str)}
     if not tensors:  # safetensors wants at least one tensor
         tensors["_"] = np.zeros(1, np.float32)
     return save(tensors, metadata=header)
@@ -220,16 +221,14 @@ def read_spaces(data: bytes, where: Path | str) -> tuple[dict[str, Any], dict[st
 
     try:
         tensors = load(data)
-        header = _safetensors_metadata(data)
+        header = json.loads(_safetensors_metadata(data).get("artlens", "{}"))
     except Exception as exc:  # safetensors raises its own types for damaged headers
         bad(f"not a spaces file ({type(exc).__name__}: {str(exc)[:200]})")
-    if header.get("format") != SPACES_FORMAT:
+    if not isinstance(header, dict) or header.get("format") != SPACES_FORMAT:
         bad("not an artlens spaces file")
-    try:
-        described = json.loads(header.get("spaces", ""))
-        meta = json.loads(header.get("meta", "{}"))
-    except (json.JSONDecodeError, RecursionError):
-        bad("metadata is not valid JSON")
+    if not isinstance(header.get("version"), int) or header["version"] > SPACES_VERSION:
+        bad(f"version {header.get('version')!r:.20} is not one this artlens reads")
+    described, meta = header.get("spaces"), header.get("meta", {})
     if not isinstance(described, dict) or not isinstance(meta, dict):
         bad("metadata is not an object")
     spaces = {}
