@@ -181,7 +181,12 @@ def default_spaces(backbone: str | None, in_dim: int, *, finetuned: bool = False
         meta, shipped = read_spaces(path.read_bytes(), path)
         if meta.get("backbone") == backbone:
             spaces.update({k: v for k, v in shipped.items() if v.in_dim == in_dim and k != "visual"})
-    return spaces
+    return ordered(spaces)
+
+
+def ordered(spaces: dict[str, Space]) -> dict[str, Space]:
+    """`spaces` in `MODES` order (style, artist, visual), others after by name."""
+    return {k: spaces[k] for k in sorted(spaces, key=lambda k: (MODES.index(k) if k in MODES else len(MODES), k))}
 
 
 def default_mode_of(spaces) -> str:
@@ -262,7 +267,7 @@ def read_spaces(data: bytes, where: Path | str) -> tuple[dict[str, Any], dict[st
         except (KeyError, TypeError, ValueError) as exc:
             bad(f"space {str(name)[:40]!r}: {exc}")
         spaces[str(name)] = Space(str(name), in_dim, blocks, info)
-    return meta, spaces
+    return meta, ordered(spaces)
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
