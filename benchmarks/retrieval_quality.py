@@ -207,10 +207,12 @@ def print_table(title: str, results: dict[str, dict], console, baseline: str = "
 
     table = Table(title=title)
     table.add_column("space", justify="left")
-    for col in ("p@1", "p@5", "p@10", "mAP", "p@5 vs CLIP"):
+    for col in ("p@1", "p@5", "p@10", "mAP", "p@5 vs CLIP on the same index"):
         table.add_column(col, justify="right")
-    base = results.get(baseline, {}).get("p@5")
     for name, r in results.items():
+        # rows on the smaller "unseen collection" index are compared with raw CLIP on that index
+        ref = "visual (unseen collection)" if "unseen collection" in name and "visual (unseen collection)" in results else baseline
+        base = results.get(ref, {}).get("p@5")
         delta = f"{r['p@5'] - base:+.3f}" if base is not None else ""
         table.add_row(name, f"{r['p@1']:.3f}", f"{r['p@5']:.3f}", f"{r['p@10']:.3f}", f"{r['mAP']:.3f}", delta)
     console.print(table)
