@@ -271,6 +271,7 @@ def test_cli_index_from_a_store_and_similar_beside_a_model(tmp_path, image_facto
     embed_manifest(manifest.iloc[:-2], enc, store_root=tmp_path / "store", workers=0, progress=False)  # 2 rows not embedded
     store_dir = EmbeddingStore(tmp_path / "store", enc.backbone_id).dir
     monkeypatch.setattr(artlens.embed, "get_encoder", lambda *a, **k: enc)
+    monkeypatch.setattr(artlens.embed.encoders, "get_encoder", lambda *a, **k: enc)  # model_encoder's
 
     model = tmp_path / "model"
     config = {"mode": "probe", "backbone": {"name": "pixels", "feature_dim": 48}, "tasks": [{"name": "style", "labels": ["red", "blue", "green"]}]}

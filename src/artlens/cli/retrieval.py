@@ -35,7 +35,7 @@ def index(
 ) -> None:
     """Index a collection for `artlens similar`: new files are embedded (with progress), unchanged
     ones keep their vectors (by content hash), removed ones drop out."""
-    from artlens.embed import get_encoder
+    from artlens.embed import model_encoder
     from artlens.models.artmodel import ArtModel, ModelFormatError
     from artlens.retrieval import RetrievalError, index_collection, index_from_store, read_rows
 
@@ -44,10 +44,8 @@ def index(
     try:
         if model is not None:
             art = ArtModel.load(model)
-            backbone = art.backbone_name
-            finetuned = art.mode == "finetune"
-            state = art.backbone_state() if finetuned else None
-            encoder = get_encoder(backbone, backbone_state=state, preprocessing=art.config.get("preprocessing") if state else None)
+            backbone, encoder = art.backbone_name, model_encoder(art)
+            finetuned = bool(art.backbone_state())
             out = out or model / "index"
         if (source / "backbone.json").is_file():
             if manifest is None:
@@ -108,9 +106,7 @@ def similar(
         mode = idx.mode(by)
         query = load_image(image)
         neighbours = find_similar(idx, image, k, by=mode, encoder=encoder, exclude_duplicates=exclude_duplicates)
-    except (RetrievalError, ModelFormatError, OSError) as exc:
-        fail(err, exc)
-    except ImageDecodeError as exc:
+    except (RetrievalError, ModelFormatError, ImageDecodeError, ValueError, OSError) as exc:
         fail(err, exc)
     result = {"query": str(image), "index": str(index_dir or target), "by": mode, "backbone_id": idx.backbone_id,
               "neighbours": [n.to_dict() for n in neighbours]}

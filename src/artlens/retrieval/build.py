@@ -48,8 +48,6 @@ def index_embeddings(
     backbone: str = "clip-vit-b16",
     *,
     store_root=None,
-    backbone_state=None,
-    preprocessing=None,
     encoder=None,
     kind: str = "auto",
     batch_size: int = 32,
@@ -61,20 +59,18 @@ def index_embeddings(
     """Embed a manifest (reusing the embedding store) and index the rows that worked.
 
     Returns `(FaissIndex, errors)`: errors is a DataFrame `path, reason` for rows left out.
-    `preprocessing`: a fine-tuned model's own (config.json), for its `backbone_state`.
-    `spaces` / `default_mode`: see `FaissIndex.build` (default: searched by raw features).
+    `encoder`: a ready one (e.g. a fine-tuned model's, `artlens.embed.model_encoder`), else the
+    backbone's. `spaces` / `default_mode`: see `FaissIndex.build` (default: raw features).
     """
     from artlens.embed import embed_manifest, get_encoder
 
-    encoder = encoder or get_encoder(backbone, backbone_state=backbone_state, preprocessing=preprocessing)
+    encoder = encoder or get_encoder(backbone)
     vectors, ok, errors = embed_manifest(
         df, encoder, store_root=store_root, batch_size=batch_size, workers=workers, progress=progress
     )[:3]
     rows = df.loc[ok].reset_index(drop=True) if hasattr(df, "loc") else None
     idx = FaissIndex.build(vectors[ok], rows, backbone=backbone, backbone_id=encoder.backbone_id, kind=kind,
                            spaces=spaces, default_mode=default_mode)
-    if backbone_state:
-        idx.meta["finetuned"] = True
     return idx, errors
 
 

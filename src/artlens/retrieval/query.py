@@ -84,7 +84,7 @@ def open_index(target: str | Path, index_dir: str | Path | None = None):
         idx = FaissIndex.load(target)
         return idx, query_encoder(idx)
     if (target / "config.json").is_file():
-        from artlens.embed import get_encoder
+        from artlens.embed import model_encoder
 
         art = ArtModel.load(target)
         index_dir = Path(index_dir) if index_dir is not None else target / "index"
@@ -93,9 +93,7 @@ def open_index(target: str | Path, index_dir: str | Path | None = None):
                 f"no index at {index_dir}: build one with `artlens index MANIFEST --model {target}` (or pass --index DIR)"
             )
         idx = FaissIndex.load(index_dir)
-        state = art.backbone_state() if art.mode == "finetune" else None
-        pre = art.config.get("preprocessing") if state else None
-        encoder = get_encoder(art.backbone_name, backbone_state=state or None, preprocessing=pre)
+        encoder = model_encoder(art)
         check_encoder(idx, encoder)
         return idx, encoder
     if index_dir is not None:
