@@ -191,7 +191,8 @@ def test_trained_head_names_known_artists_and_rejects_unknown_ones(trained):
     assert m["nearest_centroid_test"]["accuracy"] >= 0.9
     val = m["open_set_validation"]
     assert set(val["methods"]) == set(openset.METHODS)
-    assert val["method"] == max(val["methods"], key=lambda k: val["methods"][k]["auroc"])
+    # the method whose best threshold does best on both targets at once (balanced point)
+    assert val["method"] == max(val["methods"], key=lambda k: (val["methods"][k]["balanced"], val["methods"][k]["auroc"]))
     assert art.task.unknown["method"] == val["method"] and art.task.unknown["label"] == "unknown artist"
     test = m["open_set_test"]
     # Unknown artists form clusters of their own in random directions: closeness to the known
@@ -523,3 +524,25 @@ def test_cli_background_default_is_the_library_one():
     from artlens.train.artist import BACKGROUND_MIN_PAINTINGS
 
     assert inspect.signature(train_artist).parameters["background_min_paintings"].default == BACKGROUND_MIN_PAINTINGS
+
+
+def test_calibrate_scores_picks_the_method_by_what_is_asked():
+    """`balanced` picks the method whose best threshold serves both targets, even when another
+    separates slightly better over all thresholds (AUROC)."""
+    rng = np.random.default_rng(0)
+    correct = np.r_[np.ones(80, bool), np.zeros(20, bool)]
+    # energy: wrong answers score highest (good for AUROC) but correct ones overlap the unknown ones;
+    # background: correct ones clear of the unknown ones, wrong answers low (bad for AUROC, harmless)
+    sk = {"energy": np.r_[rng.uniform(0.3, 1, 80), rng.uniform(0.95, 1, 20)],
+          "background": np.r_[rng.uniform(0.45, 1, 80), rng.uniform(0.0, 0.3, 20)]}
+    su = {"energy": rng.uniform(0.0, 0.5, 100), "background": rng.uniform(0.0, 0.5, 100)}
+    by_auc = openset.calibrate_scores(sk, correct, su, select_by="auroc", known_rate="correct")
+    by_bal = openset.calibrate_scores(sk, correct, su, select_by="balanced", known_rate="correct")
+    res = by_bal[2]
+    assert res["energy"]["auroc"] > res["background"]["auroc"] and by_auc[0] == "energy"
+    assert res["background"]["balanced"] > res["energy"]["balanced"] and by_bal[0] == "background"
+    assert by_bal[1]["method"] == "background" and by_bal[1]["label"] == "unknown artist"
+    with pytest.raises(ValueError, match="select_by"):
+        openset.calibrate_scores(sk, correct, su, select_by="f1")
+    with pytest.raises(ValueError, match="known_rate"):
+        openset.calibrate_scores(sk, correct, su, known_rate="named")

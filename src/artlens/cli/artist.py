@@ -100,11 +100,11 @@ def print_artist_report(m: dict, console) -> None:
     console.print(t)
     v = m["open_set_validation"]
     t = Table(title="open set out of fold (known: other periods / styles; unknown: whole artists)")
-    for c in ("method", "AUROC", "threshold", "known named", "known correct", "unknown rejected", "chosen"):
+    for c in ("method", "AUROC", "balanced", "threshold", "known named", "known correct", "unknown rejected", "chosen"):
         t.add_column(c)
     for meth, r in v["methods"].items():
         op = r["operating_point"]
-        t.add_row(meth, f"{r['auroc']:.3f}", f"{op['threshold']:.4g}", f"{op['known_accepted']:.1%}", f"{op['known_correct']:.1%}",
+        t.add_row(meth, f"{r['auroc']:.3f}", f"{r.get('balanced', float('nan')):.3f}", f"{op['threshold']:.4g}", f"{op['known_accepted']:.1%}", f"{op['known_correct']:.1%}",
                   f"{op['unknown_rejected']:.1%}", "yes" if meth == v["method"] else "")
     console.print(t)
     ft = m.get("fold_transfer") or {}

@@ -14,8 +14,8 @@ it to a model; a recipe's `artist` section, `artist_from_recipe`, does it inside
    classes on the other folds' kept-out artists (`background_classes`). The candidate whose best
    open-set method reaches the highest balanced operating point (max over thresholds of
    min(known keeping their correct name, unknown called `unknown artist`)) is kept;
-4. its temperature, open-set method and threshold are chosen on those out-of-fold scores
-   (`artlens.train.openset.calibrate_scores`), and the threshold is checked fold by fold: chosen on
+4. its temperature, open-set method (the one with the best balanced point) and threshold are
+   chosen on those out-of-fold scores (`artlens.train.openset.calibrate_scores`), and the threshold is checked fold by fold: chosen on
    the other folds, applied to the held-out one (`metrics["fold_transfer"]`, mean and spread);
 5. the shipped head is trained on the whole pool; the projection folds into its weights, so the
    model holds one Linear layer over its standardised features, like the other heads.
@@ -184,7 +184,7 @@ def train_artist_task(
     target_unknown: float | None = 0.8,
     known_rate: str = "correct",
     methods: tuple[str, ...] = openset.METHODS,
-    select_by: str = "auroc",
+    select_by: str = "balanced",
     candidates: list[dict] | None = None,
     known: list[str] | None = None,
     backbone: dict | None = None,

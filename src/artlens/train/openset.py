@@ -206,13 +206,17 @@ def calibrate_scores(
     whether the head names each one correctly); `unknown_scores_by_method[m]`: scores of paintings
     by classes the head never saw (whole artists held out). They may come from one held-out split or
     be out-of-fold scores of a cross-fitting (`artlens.train.artist`). `select_by` is `auroc`
-    (threshold-free separation) or `unknown_rejected` (rejection at the chosen threshold).
+    (threshold-free separation), `balanced` (`balanced_point`: the best min(known kept with their
+    correct name, unknown rejected) any threshold reaches, the two targets at once) or
+    `unknown_rejected` (rejection at the chosen threshold).
     `known_rate`: what `target_known` counts, `accepted` (known paintings the rule leaves a name:
     the rule's own cost) or `correct` (known paintings keeping their correct name, bounded by the
     head's accuracy).
     """
     if known_rate not in ("correct", "accepted"):
         raise ValueError(f"known_rate must be 'correct' or 'accepted', not {known_rate!r}")
+    if select_by not in ("auroc", "balanced", "unknown_rejected"):
+        raise ValueError(f"select_by must be auroc, balanced or unknown_rejected, not {select_by!r}")
     correct = np.asarray(correct, dtype=bool)
     target_correct = correct if known_rate == "correct" else np.ones_like(correct)
     sk, su = known_scores_by_method, unknown_scores_by_method
@@ -227,13 +231,16 @@ def calibrate_scores(
             crit = op.criterion.replace("known_correct>=", "known_named>=").replace("max known_correct+", "max known_named+")
             crit = crit.replace("min(known_correct-", "min(known_named-")
             op = operating_point(op.threshold, sk[m], correct, su[m], criterion=crit)
-        results[m] = {"auroc": round(M.auroc(sk[m], su[m]), 6), "operating_point": op.as_dict()}
+        results[m] = {"auroc": round(M.auroc(sk[m], su[m]), 6), "balanced": round(balanced_point(sk[m], correct, su[m]), 6),
+                      "operating_point": op.as_dict()}
     if not results:
         raise ValueError("no open-set method could be scored (the centroid method needs centroids)")
 
     def key(m: str) -> tuple:
         r = results[m]
         op = r["operating_point"]
+        if select_by == "balanced":
+            return (r["balanced"], r["auroc"])
         return (r["auroc"], op["unknown_rejected"]) if select_by == "auroc" else (op["unknown_rejected"], r["auroc"])
 
     best = max(results, key=key)
