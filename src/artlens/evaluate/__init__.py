@@ -1,1 +1,4 @@
-"""artlens.evaluate"""
+"""artlens.evaluate: a model scored on labelled data: metrics and confusion (`metrics`),
+calibration (`calibration`), robustness to degraded copies (`robustness`), plots and the HTML report
+(`plots`, `report`, `curves`), the whole run (`pipeline`), and the artist head's held-out numbers
+with its `unknown artist` rule (`artist`)."""

@@ -1,6 +1,8 @@
 """artlens.train: probe heads on cached embeddings (`probe`) and Lightning fine-tuning (`finetune`),
 from YAML recipes (`config`), with masked multi-task losses (`losses`), freezing strategies
-(`freezing`), optimizers and schedules (`optim`), calibration (`calibrate`) and export (`export`).
+(`freezing`), optimizers and schedules (`optim`), calibration (`calibrate`) and export (`export`);
+tasks trained their own way after the probe: origin by held-out groups (`origin`) and the artist
+head with its `unknown artist` rule (`artist`, `artist_task`; thresholds fitted by `openset`).
 
     from artlens.train.config import load_recipe
     from artlens.train.probe import run_probe

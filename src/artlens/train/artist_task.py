@@ -26,7 +26,7 @@ class ArtistTask:
     mean: np.ndarray  # the standardisation the head was trained with
     std: np.ndarray
     centroids: np.ndarray  # (n_classes, dim) unit centroids of the training embeddings
-    openset: dict  # `OpenSetCalibration.as_dict()`: the methods compared on validation
+    openset: dict  # {"method", "rule", "methods": {m: {"auroc", "balanced", "operating_point"}}, "validation"}
     # "someone else" logits (n, dim), (n,), standardised space: one per background class (`background_classes`)
     background: tuple[np.ndarray, np.ndarray] | None = None
     metrics: dict = field(default_factory=dict)
