@@ -267,17 +267,23 @@ def embed_manifest(
             pool.join()
         store.flush()  # on Ctrl-C too: keep every vector computed so far
 
+    return collect_result(store, paths, hashes, reasons, stats, t_start, compact_over)
+
+
+def collect_result(store: EmbeddingStore, paths: list[str], hashes: list[str | None], reasons: dict[int, str],
+                   stats: EmbedStats, t_start: float, compact_over: int) -> EmbedResult:
+    """Every row's vector from the store once the work is done (NaN and a reason where there is
+    none); the store compacted when it holds more than `compact_over` shards. Both engines end here."""
+    import pandas as pd
+
     if len(store.shards) > compact_over:
         store.compact()
-
     vectors, found = store.get([h if h is not None else "0" * 64 for h in hashes])
     ok = found & np.array([h is not None and i not in reasons for i, h in enumerate(hashes)], dtype=bool)
     vectors[~ok] = np.nan
     for i in np.flatnonzero(~ok):
         reasons.setdefault(int(i), "no embedding (not computed)")
-    errors = pd.DataFrame(
-        [(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"]
-    )
+    errors = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"])
     stats.failed = len(errors)
     stats.seconds = time.perf_counter() - t_start
     result = EmbedResult(vectors, ok, errors)

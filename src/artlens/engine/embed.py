@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 from functools import partial
 
-import numpy as np
 
 from artlens.embed import EmbeddingStore, EmbedResult, EmbedStats, Encoder, get_encoder
-from artlens.embed.extract import first_rows, given_hashes
+from artlens.embed.extract import collect_result, first_rows, given_hashes
 from artlens.engine.cluster import RayOptions
 from artlens.engine.pipeline import describe_encoder, map_paths, run
 from artlens.engine.stages import EmbedWorker, hash_batch
@@ -105,18 +104,4 @@ def ray_embed_manifest(
         for i, h in enumerate(hashes):  # an unreadable image fails every row that shares its content
             if h in bad:
                 reasons[i] = bad[h]
-    if len(store.shards) > compact_over:
-        store.compact()
-
-    vectors, found = store.get([h if h is not None else "0" * 64 for h in hashes])
-    ok = found & np.array([h is not None and i not in reasons for i, h in enumerate(hashes)], dtype=bool)
-    vectors[~ok] = np.nan
-    for i in np.flatnonzero(~ok):
-        reasons.setdefault(int(i), "no embedding (not computed)")
-    errors = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"])
-    stats.failed = len(errors)
-    stats.seconds = time.perf_counter() - t_start
-    result = EmbedResult(vectors, ok, errors)
-    result.stats = stats
-    result.hashes = hashes
-    return result
+    return collect_result(store, paths, hashes, reasons, stats, t_start, compact_over)
