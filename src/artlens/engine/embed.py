@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from functools import partial
 
-
 from artlens.embed import EmbeddingStore, EmbedResult, EmbedStats, Encoder, get_encoder
 from artlens.embed.extract import collect_result, first_rows, given_hashes
 from artlens.engine.cluster import RayOptions
