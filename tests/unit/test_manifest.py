@@ -14,20 +14,21 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-import artlens.data.manifest as M
+import artlens.data.decode as D
+import artlens.data.duplicates as DUP
 from artlens.cli import app
 from artlens.data.manifest import (
     LABEL_COLUMNS,
     MANIFEST_COLUMNS,
     ManifestError,
     apply_name_pattern,
-    duplicate_groups,
-    near_duplicate_pairs,
     normalise_labels,
+    normalise_manifest,
     read_manifest,
     scan,
     write_manifest,
 )
+from artlens.data.duplicates import duplicate_groups, near_duplicate_pairs
 from tests.conftest import make_image
 from tests.unit.test_images import write_png_bomb
 
@@ -158,7 +159,7 @@ def test_unicode_and_spaces_in_names(tmp_path):
 
 def test_parallel_scan_matches_serial(tmp_path):
     root = tmp_path / "many"
-    for i in range(M._PARALLEL_MIN + 4):
+    for i in range(D._PARALLEL_MIN + 4):
         make_image(root / f"c{i % 3}" / f"{i}.png", size=(16, 16), seed=i)
     (root / "c0" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     serial = scan(root, workers=1)
@@ -167,10 +168,10 @@ def test_parallel_scan_matches_serial(tmp_path):
     pd.testing.assert_frame_equal(serial.errors, parallel.errors)
 
 
-_REAL_PROBE = M.probe_file
+_REAL_PROBE = D.probe_file
 
 
-def _crashing_probe(path, max_pixels=M.MAX_PIXELS):
+def _crashing_probe(path, max_pixels=D.MAX_PIXELS):
     # module level so the pool can pickle it by name; the forked workers inherit the env var
     if path == os.environ.get("ARTLENS_TEST_CRASH_ON"):
         os._exit(3)  # what a segfaulting decoder looks like from outside
@@ -180,14 +181,14 @@ def _crashing_probe(path, max_pixels=M.MAX_PIXELS):
 def test_worker_crash_names_the_file(tmp_path, monkeypatch):
     import multiprocessing as mp
 
-    paths = [str(make_image(tmp_path / f"{i}.png", size=(8, 8), seed=i)) for i in range(M._PARALLEL_MIN + 10)]
+    paths = [str(make_image(tmp_path / f"{i}.png", size=(8, 8), seed=i)) for i in range(D._PARALLEL_MIN + 10)]
     culprit = paths[20]
     monkeypatch.setenv("ARTLENS_TEST_CRASH_ON", culprit)
-    monkeypatch.setattr(M, "probe_file", _crashing_probe)
+    monkeypatch.setattr(D, "probe_file", _crashing_probe)
     # The workers must inherit the patched probe: fork, even when an earlier test left idle
     # threads behind (a cached encoder's thread pool), which makes the scan pick forkserver.
-    monkeypatch.setattr(M, "_pool_context", lambda: mp.get_context("fork"))
-    results = list(M.decode_files(paths, workers=2, chunksize=4))
+    monkeypatch.setattr(D, "_pool_context", lambda: mp.get_context("fork"))
+    results = list(D.decode_files(paths, workers=2, chunksize=4))
     assert [r[0] for r in results] == paths  # every file once, in order
     by_path = {r[0]: r for r in results}
     assert "crashed" in by_path[culprit][1]
@@ -232,7 +233,7 @@ def test_write_read_round_trip(styles_folder, tmp_path):
     df = scan(styles_folder, workers=1, name_pattern="wikiart").manifest
     out = write_manifest(df, tmp_path / "sub" / "m.parquet")
     back = read_manifest(out)
-    pd.testing.assert_frame_equal(back, M.normalise_manifest(df))
+    pd.testing.assert_frame_equal(back, normalise_manifest(df))
     assert [p.name for p in out.parent.iterdir()] == ["m.parquet"]  # no temp file left
 
 
@@ -245,8 +246,7 @@ def test_read_manifest_errors(tmp_path):
     pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "other.parquet")
     with pytest.raises(ManifestError, match="missing column"):
         read_manifest(tmp_path / "other.parquet")
-    bad = M.empty_manifest()
-    bad.loc[0] = {**{c: None for c in MANIFEST_COLUMNS}, "path": "/a.jpg", "sha256": "0" * 64, "width": 1, "height": 1, "split": "holdout"}
+    bad = pd.DataFrame([{**{c: None for c in MANIFEST_COLUMNS}, "path": "/a.jpg", "sha256": "0" * 64, "width": 1, "height": 1, "split": "holdout"}])
     with pytest.raises(ManifestError, match="unknown split"):
         write_manifest(bad, tmp_path / "bad.parquet")
 
@@ -281,7 +281,7 @@ def test_name_pattern_fills_only_missing():
 def _brute(h, t):
     pairs = set()
     for i in range(len(h)):
-        d = M._popcount(h[i] ^ h)
+        d = DUP._popcount(h[i] ^ h)
         for j in np.flatnonzero(d <= t):
             if j > i:
                 pairs.add((i, int(j)))

@@ -185,7 +185,8 @@ def split(
     """Assign train/val/test: stratified, seeded, duplicates (and --group-by values) kept on one side."""
     from rich.console import Console
 
-    from artlens.data.manifest import ManifestError, read_manifest, summarize, write_manifest
+    from artlens.data.manifest import ManifestError, read_manifest, write_manifest
+    from artlens.data.summary import summarize
     from artlens.data.splits import assign_splits, balance, split_leaks
     from artlens.data.taxonomy import TaxonomyError, apply_taxonomy
 

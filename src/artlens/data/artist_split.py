@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from artlens.data.manifest import duplicate_groups
+from artlens.data.duplicates import duplicate_groups
 from artlens.data.taxonomy import artist_labels, wikiart_name_fields
 
 SPLIT_COL = "artist_split"  # train / val / test / None (not used)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from artlens.data.manifest import NEAR_DUPLICATE_DISTANCE, SPLITS, duplicate_groups, label_counts
+from artlens.data.duplicates import NEAR_DUPLICATE_DISTANCE, duplicate_groups
 
 if TYPE_CHECKING:
     import numpy as np
@@ -181,13 +181,4 @@ def split_leaks(df: pd.DataFrame, *, group_by: str | None = None, near_distance:
     if group_by and group_by in assigned.columns:
         labelled = assigned[assigned[group_by].notna()]
         out[f"{group_by}_across_splits"] = int((labelled.groupby(group_by)["split"].nunique() > 1).sum())
-    return out
-
-
-def split_summary(df: pd.DataFrame, column: str | None = "style") -> dict:
-    """Counts per split, and per label x split for `column`."""
-    counts = df["split"].fillna("none").value_counts().to_dict() if "split" in df.columns else {}
-    out = {"splits": {s: int(counts.get(s, 0)) for s in (*SPLITS, "none") if counts.get(s, 0) or s in SPLITS}}
-    if column and column in df.columns:
-        out["labels"] = {column: label_counts(df, column)}
     return out

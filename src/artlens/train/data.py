@@ -65,10 +65,11 @@ def _folder_signature(root: Path) -> str:
 def _reader_signature() -> str:
     """The readers' own code: a cached manifest made by an older reader (without a column a new
     reader adds, say) is not reused."""
-    from artlens.data import manifest, sources
+    from artlens.data import columns, decode, duplicates, manifest, sources
 
     h = hashlib.sha256()
-    for f in sorted(Path(sources.__file__).parent.glob("*.py")) + [Path(manifest.__file__)]:
+    readers = [Path(m.__file__) for m in (manifest, columns, decode, duplicates)]
+    for f in sorted(Path(sources.__file__).parent.glob("*.py")) + readers:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -176,7 +177,7 @@ def balanced_subsample(df, column: str | None, per_class: int, seed: int = 0):
 # ----------------------------------------------------------------------------- splits
 def _groups(df) -> np.ndarray:
     try:
-        from artlens.data.manifest import duplicate_groups
+        from artlens.data.duplicates import duplicate_groups
 
         return duplicate_groups(df)
     except Exception as exc:  # no hashes (a plain list of paths): every row is its own group

@@ -50,7 +50,8 @@ def _detect(root: Path) -> bool:
     priority=21,
 )
 def read_metadata_csv(root: Path):
-    from artlens.data.manifest import ORIGINS, normalise_origin
+    from artlens.data.columns import ORIGINS
+    from artlens.data.manifest import normalise_origin
 
     meta = _metadata(root)
     if meta is None:
