@@ -16,7 +16,7 @@ import torch
 from artlens.data.images import load_image
 from artlens.explain import Explainer
 from artlens.explain.faithfulness import deletion_test
-from artlens.explain.gradcam import prepare_image
+from artlens.explain.overlay import prepare_image
 from artlens.models.artmodel import ArtModel
 from artlens.models.heads import MultiTaskHeads
 
@@ -122,11 +122,11 @@ def test_the_map_stays_on_the_painting_not_the_padding(which, request, shared):
 def test_explain_cli_writes_png_npy_and_json(lite0, shared, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import artlens.explain.gradcam as gradcam
+    import artlens.explain.network as network
     from artlens.cli import app
 
     lite0.model.save(tmp_path / "model")
-    monkeypatch.setattr(gradcam, "build_backbone", lambda art: lite0.net.backbone)  # no second load
+    monkeypatch.setattr(network, "build_backbone", lambda art: lite0.net.backbone)  # no second load
     img = _files(shared, "Ukiyo_e", 2, 1)[0]
     res = CliRunner().invoke(
         app, ["explain", str(tmp_path / "model"), str(img), "--method", "gradcam++", "--out", str(tmp_path / "out"), "--json"]

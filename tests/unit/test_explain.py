@@ -12,7 +12,8 @@ from torch import nn
 
 from artlens.explain import METHODS, ExplainError, Explainer, tokens_to_grid
 from artlens.explain.faithfulness import BlurImputer, deletion_test, random_map
-from artlens.explain.gradcam import build_explain_model, place_cam, prepare_image, resolve_layer
+from artlens.explain.network import build_explain_model, resolve_layer
+from artlens.explain.overlay import place_cam, prepare_image
 from artlens.models.artmodel import ArtModel
 from artlens.models.heads import MultiTaskHeads
 
