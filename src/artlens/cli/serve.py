@@ -8,13 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from artlens.cli import app, fail
+from artlens.cli import app, fail, report, shown
 
 
 @app.command()
 def serve(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the shipped model).")] = None,
     index: Annotated[Optional[Path], typer.Option("--index", help="Index directory from `artlens index` (enables similar artworks).")] = None,
+    collection: Annotated[
+        Optional[Path], typer.Option("--collection", metavar="DIR", help="An image folder to serve similar works from: its "
+                                     "index (DIR/.artlens-index) is brought up to date first, as `artlens index DIR` "
+                                     "does (new files embedded, removed ones dropped). Not with --index.")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on. Keep 127.0.0.1 unless behind a proxy.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted request body, in MB.")] = 20,
@@ -56,17 +61,24 @@ def serve(
 
     from artlens.serve.app import create_app
 
+    if collection is not None and index is not None:
+        raise typer.BadParameter("--collection and --index are mutually exclusive: give an image folder "
+                                 "(--collection DIR) or a built index (--index DIR), not both")
     err = Console(stderr=True)
     # Fail before binding when the model or the index cannot be loaded (the app loads them at start-up).
     try:
         from artlens import default_model_dir
         from artlens.models.artmodel import ArtModel
 
-        ArtModel.load(model or default_model_dir())
+        art = ArtModel.load(model or default_model_dir())
         if index is not None and not index.is_dir():
             raise ValueError(f"{index}: not an index directory")
     except (ValueError, OSError) as exc:
         fail(err, exc)
+    backend = predictor = None
+    if collection is not None:
+        backend, predictor = _open_collection(err, collection, art)
+        model = model or default_model_dir()  # the model card is read from there
     if not _is_loopback(host):
         err.print(
             f"[yellow]note:[/yellow] listening on {host}: anyone who can reach this address can use the server "
@@ -76,6 +88,8 @@ def serve(
     application = create_app(
         model,
         index,
+        predictor=predictor,
+        index=backend,
         max_upload_mb=max_upload_mb,
         workers=workers,
         timeout_s=timeout,
@@ -96,6 +110,28 @@ def serve(
             fail(err, "the server could not start (see the log above)")
     except Exception as exc:
         fail(err, exc)
+
+
+def _open_collection(err, folder: Path, art):
+    """The collection's index brought up to date (`artlens.retrieval.index_collection`, progress on
+    stderr), as the server's similar backend, and a predictor factory sharing its encoder."""
+    from artlens.predict import Predictor
+    from artlens.retrieval import RetrievalError
+    from artlens.serve.collection import open_collection, summary_line
+    from artlens.serve.state import TOP_K_MAX
+
+    err.print(f"artlens: bringing the index of {shown(folder)} up to date (new files are embedded; the first run "
+              "takes a while)", highlight=False, soft_wrap=True)
+    try:
+        backend, update = open_collection(folder, art, progress=err.is_terminal)
+    except (RetrievalError, ValueError, OSError) as exc:
+        fail(err, exc)
+    for path, reason in update.errors:
+        report(err, "left out", path, reason)
+    for note in update.notes:
+        err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
+    err.print(shown(summary_line(update)), highlight=False, soft_wrap=True)
+    return backend, lambda: Predictor(art, top_k=TOP_K_MAX, encoder=backend.encoder)
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,7 +8,8 @@ stream in, a gate for model work, deadlines, the worker pool) and `budget.py` (d
 body bytes held at once). Every error is JSON `{"error": code, "detail": reason}`.
 
 Endpoints: POST /v1/predict, /v1/explain, /v1/similar (multipart uploads, or a raw image body);
-GET /v1/models, /v1/examples, /v1/examples/{id}/image, /healthz; OpenAPI docs at /docs.
+GET /v1/models, /v1/examples, /v1/examples/{id}/image, /v1/collection/{id}/thumb, /healthz; OpenAPI
+docs at /docs.
 """
 
 from __future__ import annotations

@@ -147,18 +147,27 @@ def describe_file(stem: str) -> tuple[str, str | None]:
 class FaissBackend:
     """Adapts `artlens.retrieval.FaissIndex` to what the server needs."""
 
-    def __init__(self, index, encoder):
+    def __init__(self, index, encoder, collection: str | None = None):
         self.index = index
         self.encoder = encoder
         self.backbone_id = index.backbone_id
+        self.collection = collection  # the folder's name under `serve --collection`
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def search_image(self, image, k: int, sha256: str | None = None) -> list[dict[str, Any]]:
+    @property
+    def modes(self) -> list[str]:
+        return list(self.index.modes)
+
+    @property
+    def default_mode(self) -> str:
+        return self.index.default_mode
+
+    def search_image(self, image, k: int, sha256: str | None = None, by: str | None = None) -> list[dict[str, Any]]:
         from artlens.retrieval import similar
 
-        found = similar(self.index, image, k, encoder=self.encoder, query_sha256=sha256)
+        found = similar(self.index, image, k, by=by, encoder=self.encoder, query_sha256=sha256)
         return [
             {"row": n.id, "similarity": n.similarity, "labels": n.labels, "duplicate": n.duplicate, "path": n.path}
             for n in found
@@ -186,7 +195,8 @@ class FaissBackend:
         return list(range(min(n, len(rows))))
 
     def info(self) -> dict[str, Any]:
-        return {"size": len(self.index), "backbone": self.index.backbone, "kind": self.index.kind}
+        return {"size": len(self.index), "backbone": self.index.backbone, "kind": self.index.kind,
+                "modes": self.modes, "default_mode": self.default_mode, "collection": self.collection}
 
 
 def load_faiss_backend(index_dir: Path, predictor) -> FaissBackend:

@@ -1,5 +1,6 @@
 """The endpoints (an `APIRouter`): POST /v1/predict, /v1/explain, /v1/similar (multipart uploads,
-or a raw image body); GET /v1/models, /v1/examples, /v1/examples/{id}/image, /healthz, and the page.
+or a raw image body); GET /v1/models, /v1/examples, /v1/examples/{id}/image,
+/v1/collection/{id}/thumb, /healthz, and the page.
 
 A POST reads its body on the event loop (bounded by `guard.GuardMiddleware`), then waits for a
 work slot (`guard.WorkGate`) and runs its model work in the worker pool (`work.py`).
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from artlens.serve.backends import ACCEPTED_TYPES, Upload, clean_name
 from artlens.serve.guard import ApiError, deadline_of
 from artlens.serve.state import TOP_K_MAX, Runtime, ServerState, index_info
-from artlens.serve.work import do_explain, do_predict, do_similar, do_thumbnail
+from artlens.serve.work import do_collection_thumb, do_explain, do_predict, do_similar, do_thumbnail
 
 STATIC_DIR = Path(__file__).parent / "static"
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam", "layercam")
@@ -202,12 +203,33 @@ async def explain(
 
 
 @router.post("/v1/similar", tags=["evidence"], openapi_extra=UPLOAD_BODY)
-async def similar(request: Request, k: int = Query(6, ge=1, le=24, description="neighbours")):
-    """The k most similar artworks in the loaded index (cosine similarity; copies of the query marked)."""
-    feature(state(request), "similar")
+async def similar(
+    request: Request,
+    k: int = Query(6, ge=1, le=24, description="neighbours"),
+    by: str | None = Query(None, max_length=32, description="search mode: style, artist, visual or features "
+                           "(the index's own by default; /v1/models lists them)"),
+):
+    """The k most similar artworks in the loaded index (cosine similarity; copies of the query marked).
+
+    Each result carries its row id, `similarity`, `distance` (1 - similarity), the labels the index
+    stores, and `thumb_url` (a small JPEG, by id)."""
+    st = state(request)
+    feature(st, "similar")
+    modes = getattr(st.index, "modes", None)
+    if by is not None and by not in (modes or []):
+        raise ApiError(422, "invalid_request", f"cannot search by {by!r}; this index searches by: "
+                       f"{', '.join(modes) if modes else 'its one mode (leave out by)'}")
     up = one_upload(await read_uploads(request, 1))
-    found = await run_work(request, do_similar, up, k)
-    return {"name": up.name, "results": found}
+    found = await run_work(request, do_similar, up, k, by)
+    return {"name": up.name, "by": by or getattr(st.index, "default_mode", None), "results": found}
+
+
+@router.get("/v1/collection/{row}/thumb", tags=["evidence"], response_class=Response)
+async def collection_thumb(request: Request, row: int = PathParam(..., ge=0, le=2**31, description="row id in the index")):
+    """A small JPEG (at most 160 px a side) of one picture in the loaded index, by its row id (from
+    /v1/similar). Ids outside the index are 404; the id is never a path."""
+    data = await run_work(request, do_collection_thumb, row, gate=False)
+    return Response(data, media_type="image/jpeg", headers={"cache-control": "public, max-age=3600"})
 
 
 @router.get("/v1/examples", tags=["examples"])

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from artlens.data.images import MAX_PIXELS
 from artlens.serve.backends import Catalogue, Lazy, LruBytes, load_faiss_backend
 from artlens.serve.budget import DEFAULT_BODY_BUDGET, DEFAULT_PIXEL_BUDGET, DEFAULT_REQUEST_PIXEL_BUDGET, PixelBudget
+from artlens.serve.collection import THUMB_CACHE
 from artlens.serve.guard import ApiError, QueueStats, WorkerPool, WorkGate
 
 TOP_K_MAX = 10
@@ -50,6 +51,7 @@ class Runtime:
         self.stats = QueueStats()
         self.pixels = PixelBudget(settings.pixel_budget)
         self.thumbs = LruBytes()
+        self.collection_thumbs = LruBytes(THUMB_CACHE)  # small JPEGs of index rows, by row id
         self.pool: WorkerPool | None = None
         self.gate: WorkGate | None = None
 
@@ -187,7 +189,8 @@ def load_state(
         try:
             import artlens.retrieval.index  # noqa: F401
 
-            features["similar"] = Feature(False, 503, "no similarity index loaded: start the server with --index DIR")
+            features["similar"] = Feature(False, 503, "no similarity index loaded: start the server with --collection DIR (an image folder) "
+                                           "or --index DIR")
         except ImportError as exc:
             features["similar"] = Feature(False, 501, f"similar artworks are not available in this installation ({exc})")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from artlens.serve.backends import Upload, decode_upload, describe_file, encode, shrink
+from artlens.serve.collection import THUMB_SIDE, row_thumbnail, thumb_url
 from artlens.serve.guard import ApiError
 from artlens.serve.state import Runtime, ServerState
 
@@ -151,23 +152,29 @@ def do_explain(rt: Runtime, st: ServerState, up: Upload, task, target_class, met
     return png, meta
 
 
-def do_similar(rt: Runtime, st: ServerState, up: Upload, k: int, deadline: float) -> list[dict[str, Any]]:
+def do_similar(rt: Runtime, st: ServerState, up: Upload, k: int, by: str | None, deadline: float) -> list[dict[str, Any]]:
     with Decoding(rt, deadline, model_side(st)) as dec:
         img = dec.decode(up)[0]
-        found = st.index.search_image(img, k, up.sha256)
+        found = st.index.search_image(img, k, up.sha256, **({"by": by} if by else {}))
     out = []
     for n in found:
         stem = Path(n["path"]).stem if n.get("path") else f"item {n['row']}"
         title, artist = describe_file(stem)
+        labels = n.get("labels") or {}
         item_id = f"ix-{n['row']}"
+        sim = float(n["similarity"])
         out.append(
             {
                 "id": item_id,
+                "row": int(n["row"]),
                 "title": title,
-                "artist": artist,
-                "labels": n.get("labels") or {},
-                "similarity": round(float(n["similarity"]), 4),
+                # The index's artist label (folder layout, manifest) over a guess from the file name.
+                "artist": describe_file(f"{labels['artist']}_x")[1] if labels.get("artist") else artist,
+                "labels": labels,
+                "similarity": round(sim, 4),
+                "distance": round(1.0 - sim, 4),  # cosine distance in the space searched
                 "duplicate": bool(n.get("duplicate")),
+                "thumb_url": thumb_url(n["row"]),
                 "image_url": f"/v1/examples/{item_id}/image",
             }
         )
@@ -175,22 +182,30 @@ def do_similar(rt: Runtime, st: ServerState, up: Upload, k: int, deadline: float
 
 
 def do_thumbnail(rt: Runtime, st: ServerState, item_id: str, size: int, deadline: float) -> bytes:
-    from artlens.data.images import ImageDecodeError, read_image_file
-
     path = st.catalogue.path(item_id)
     if path is None:
         raise ApiError(404, "not_found", f"no example with id {item_id!r}")
+    return rt.thumbs.get_or_make((item_id, size), lambda: picture_jpeg(rt, path, item_id, size, deadline))
 
-    def make() -> bytes:
-        try:
-            data = read_image_file(path)
-            with Decoding(rt, deadline, size) as dec:
-                return encode(shrink(dec.decode(Upload(item_id, "", data))[0], size), "JPEG")
-        except ImageDecodeError:
-            raise ApiError(404, "not_found", f"the picture of {item_id!r} is not available") from None
-        except ApiError as exc:
-            if exc.status_code in (503, 504):
-                raise
-            raise ApiError(404, "not_found", f"the picture of {item_id!r} is not available ({exc.detail})") from None
 
-    return rt.thumbs.get_or_make((item_id, size), make)
+def do_collection_thumb(rt: Runtime, st: ServerState, row: int, deadline: float) -> bytes:
+    """The THUMB_SIDE px JPEG of index row `row` (checked against the index first; 404 otherwise)."""
+    return row_thumbnail(st, row, lambda path, name: picture_jpeg(rt, path, name, THUMB_SIDE, deadline),
+                         rt.collection_thumbs)
+
+
+def picture_jpeg(rt: Runtime, path: Path, name: str, size: int, deadline: float) -> bytes:
+    """A file the server itself chose (an example, an index row), as a JPEG at most `size` px a side:
+    read with the safe loader, decoded at reduced size under the pixel budgets; 404 when unusable."""
+    from artlens.data.images import ImageDecodeError, read_image_file
+
+    try:
+        data = read_image_file(path)
+        with Decoding(rt, deadline, size) as dec:
+            return encode(shrink(dec.decode(Upload(name, "", data))[0], size), "JPEG")
+    except (ImageDecodeError, OSError):
+        raise ApiError(404, "not_found", f"the picture of {name!r} is not available") from None
+    except ApiError as exc:
+        if exc.status_code in (503, 504):
+            raise
+        raise ApiError(404, "not_found", f"the picture of {name!r} is not available ({exc.detail})") from None
