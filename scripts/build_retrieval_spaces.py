@@ -7,7 +7,8 @@
 the artists with `ARTIST_MIN_WORKS` or more paintings (from the file names). The recipe (PCA
 dimension, shrinkage, weight) is `artlens.retrieval.spaces`' defaults, chosen by
 benchmarks/retrieval_quality.py on artist-grouped folds. The shipped example paintings are left
-out (by content hash), as for the default model. Deterministic: the same data gives the same bytes.
+out (by content hash), as for the default model. The projection matrices are stored as float16
+(read back as float32). Deterministic: the same data gives the same bytes.
 The default model (model.safetensors, config.json) is not touched.
 """
 
@@ -48,7 +49,9 @@ def main(argv=None) -> int:
     }
     for s in spaces.values():
         s.info["data"] = "wikiart-styles (../shared), example paintings left out"
-    data = spaces_bytes(spaces, backbone="clip-vit-b16", backbone_id=encoder.backbone_id, paintings=len(rows))
+    # float16 projections: half the bytes (under the repository's 2 MB limit), the same neighbours
+    data = spaces_bytes(spaces, matrix_dtype="float16", backbone="clip-vit-b16", backbone_id=encoder.backbone_id,
+                        paintings=len(rows))
     atomic_write_bytes(args.out, data)
     print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB): " + ", ".join(f"{k} {v.dim}-d" for k, v in spaces.items()), file=sys.stderr)
     return 0

@@ -353,6 +353,42 @@ def test_duplicates_are_judged_on_the_features_not_the_mode(data):
     assert sum(n.similarity > 0.99 for n in ns) > 1
 
 
+def test_spaces_stored_as_float16_read_back_as_float32_with_the_same_neighbours():
+    from artlens.retrieval import fit_label_space
+    from artlens.retrieval.spaces import SpaceError, read_spaces, spaces_bytes
+    from safetensors.numpy import load, save
+
+    x, labels = nuisance_data()
+    space = fit_label_space("style", x[:400], labels[:400])
+    full, half = spaces_bytes({"style": space}), spaces_bytes({"style": space}, matrix_dtype="float16")
+    stored = load(half)
+    assert stored["style.1.matrix"].dtype == np.float16 and stored["style.1.mean"].dtype == np.float32
+    assert len(full) - len(half) >= 2 * space.blocks[1].matrix.size - 16  # two bytes fewer a value (header aside)
+    back = read_spaces(half, "mem")[1]["style"]
+    assert all(b.matrix is None or b.matrix.dtype == np.float32 for b in back.blocks)
+    assert back.digest() != space.digest()  # the matrix was rounded, and the digest says so
+    a, b = space.project(x[400:]), back.project(x[400:])
+    assert np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))) > 0.9999
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    sim_a, sim_b = unit(a) @ unit(space.project(x)).T, unit(b) @ unit(back.project(x)).T
+    assert np.abs(sim_a - sim_b).max() < 5e-3  # every similarity within the matrix's rounding
+    idx_a = FaissIndex.build(x, None, spaces={"style": space}, default_mode="style")
+    idx_b = FaissIndex.build(x, None, spaces={"style": back}, default_mode="style")
+    p5 = [np.mean([[labels[n.id] == labels[i] for n in idx.neighbours(x[i], 5, exclude={i})] for i in range(400, 500)])
+          for idx in (idx_a, idx_b)]
+    assert abs(p5[0] - p5[1]) <= 0.01, p5
+    with pytest.raises(ValueError, match="matrix_dtype"):
+        spaces_bytes({"style": space}, matrix_dtype="int8")
+    import json as _json
+    import struct
+
+    tensors = load(half)
+    tensors["style.1.matrix"] = tensors["style.1.matrix"].astype(np.float64)  # neither float32 nor float16
+    header = _json.loads(half[8 : 8 + struct.unpack("<Q", half[:8])[0]])["__metadata__"]
+    with pytest.raises(SpaceError, match="block 1 matrix is float64"):
+        read_spaces(save(tensors, metadata=header), "mem")
+
+
 def test_crafted_spaces_file_is_refused(tmp_path):
     from safetensors.numpy import load, save
 

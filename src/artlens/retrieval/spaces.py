@@ -38,6 +38,7 @@ LDA_SHRINKAGE = 0.1
 LDA_WEIGHT = 1.5
 ARTIST_MIN_WORKS = 10  # an artist needs this many paintings to shape the artist space
 _MAX_DIM = 1 << 16
+MATRIX_DTYPES = ("float32", "float16")  # how a file may store the projections (read back as float32)
 
 
 class SpaceError(RetrievalError):
@@ -196,10 +197,15 @@ def default_mode_of(spaces) -> str:
 
 
 # --------------------------------------------------------------------------- files
-def spaces_bytes(spaces: dict[str, Space], **meta: Any) -> bytes:
-    """One safetensors file holding every space: arrays as tensors, the rest as JSON metadata."""
+def spaces_bytes(spaces: dict[str, Space], *, matrix_dtype: str = "float32", **meta: Any) -> bytes:
+    """One safetensors file holding every space: arrays as tensors, the rest as JSON metadata.
+
+    `matrix_dtype`: `float16` halves the file (the shipped projections: their retrieval results are
+    unchanged); means stay float32, and `read_spaces` gives float32 either way."""
     from safetensors.numpy import save
 
+    if matrix_dtype not in MATRIX_DTYPES:
+        raise ValueError(f"matrix_dtype is one of {', '.join(MATRIX_DTYPES)}, not {matrix_dtype!r}")
     tensors: dict[str, np.ndarray] = {}
     described = {}
     for name, space in spaces.items():
@@ -208,7 +214,7 @@ def spaces_bytes(spaces: dict[str, Space], **meta: Any) -> bytes:
             if b.mean is not None:
                 tensors[f"{name}.{i}.mean"] = np.ascontiguousarray(b.mean, np.float32)
             if b.matrix is not None:
-                tensors[f"{name}.{i}.matrix"] = np.ascontiguousarray(b.matrix, np.float32)
+                tensors[f"{name}.{i}.matrix"] = np.ascontiguousarray(b.matrix, matrix_dtype)
     # One metadata entry: safetensors writes several in no fixed order, one keeps the bytes reproducible.
     header = {"artlens": json.dumps({"format": SPACES_FORMAT, "version": SPACES_VERSION, "spaces": described,
                                      "meta": meta}, sort_keys=True, default=str)}
@@ -257,9 +263,15 @@ def read_spaces(data: bytes, where: Path | str) -> tuple[dict[str, Any], dict[st
                 if bd.get("matrix") and (matrix is None or matrix.ndim != 2 or matrix.shape[0] != width
                                          or not 0 < matrix.shape[1] <= _MAX_DIM):
                     raise ValueError(f"block {i} matrix is not ({width}, out)")
+                if mean is not None and mean.dtype != np.float32:
+                    raise ValueError(f"block {i} mean is {mean.dtype}, not float32")
+                if matrix is not None:
+                    if matrix.dtype.name not in MATRIX_DTYPES:
+                        raise ValueError(f"block {i} matrix is {matrix.dtype}, not {' or '.join(MATRIX_DTYPES)}")
+                    matrix = matrix.astype(np.float32)
                 for arr in (mean, matrix):
-                    if arr is not None and (arr.dtype != np.float32 or not np.isfinite(arr).all()):
-                        raise ValueError(f"block {i} holds values that are not finite float32")
+                    if arr is not None and not np.isfinite(arr).all():
+                        raise ValueError(f"block {i} holds values that are not finite")
                 blocks.append(Block(start, stop, float(weight), mean, matrix))
             if not blocks:
                 raise ValueError("no blocks")
