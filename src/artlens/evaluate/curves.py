@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from artlens.evaluate import plots
+
 
 class CurvesError(ValueError):
     """No usable training log, with the reason."""
@@ -73,3 +75,16 @@ def summarise(per_epoch) -> dict:
         out["best_epoch_metric"] = vl[0]
         out["best_epoch_val_loss"] = int(per_epoch[vl[0]].idxmin())
     return out
+
+
+def curves_section(csv: Path, out: Path, files) -> dict:
+    """The evaluation report's training curves: per-epoch summary of `csv`, plot written under `out`."""
+    try:
+        per_epoch = read_epoch_metrics(csv)
+    except CurvesError as exc:
+        return {"error": str(exc)}
+    groups = curve_groups(per_epoch)
+    res = {"source": str(csv), **summarise(per_epoch)}
+    if any(groups.values()):
+        files["training_curves"] = plots.curves_png(per_epoch, groups, out / "training_curves.png")
+    return res

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from artlens.evaluate import plots
-from artlens.evaluate.metrics import binary_detection, confusion, task_metrics, text_report
+from artlens.evaluate.curves import curves_section, find_metrics_csv
+from artlens.evaluate.robustness import robustness_section
+from artlens.evaluate.tasks import evaluate_task
 from artlens.models.artmodel import ArtModel
 from artlens.paths import atomic_write_text
 
-LOW_CONFIDENCE = 0.5
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 
@@ -91,19 +91,6 @@ def load_rows(data: str | os.PathLike, split: str | None = "test", *, progress: 
     if df.empty:
         raise EvaluateError(f"{p}: no images to evaluate")
     return df.reset_index(drop=True), info, scan_errors
-
-
-def task_truth(df, column: str):
-    """The task's true label per row (None where missing); `a+b` columns join their values with `_`."""
-    import pandas as pd
-
-    parts = str(column).split("+")
-    if not all(c in df.columns for c in parts):
-        return pd.Series([None] * len(df), index=df.index, dtype=object)
-    cols = [df[c] for c in parts]
-    present = np.logical_and.reduce([c.notna().to_numpy() for c in cols])
-    joined = ["_".join(str(c.iloc[i]) for c in cols) if present[i] else None for i in range(len(df))]
-    return pd.Series(joined, index=df.index, dtype=object)
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -202,7 +189,7 @@ def evaluate(
     outlier_rows: list[dict] = []
     galleries: dict[str, dict[str, Path]] = {}
     for t in model.tasks:
-        res = _evaluate_task(t, df, full[t.name], ok, out, gallery_size, group_by, outlier_rows, files, galleries)
+        res = evaluate_task(t, df, full[t.name], ok, out, gallery_size, group_by, outlier_rows, files, galleries)
         metrics["tasks"][t.name] = res
     metrics["galleries"] = {t: {k: v.name for k, v in g.items()} for t, g in galleries.items()}
 
@@ -223,19 +210,17 @@ def evaluate(
     metrics["unreadable"] = [] if errors is None else errors.to_dict(orient="records")
 
     if robustness:
-        metrics["robustness"] = _robustness(
+        metrics["robustness"] = robustness_section(
             model, df, ok, enc, group_by, robustness_max, batch_size, progress, out, files
         )
 
     csv = None
     if logs is not None or model_dir is not None:
-        from artlens.evaluate.curves import find_metrics_csv
-
         csv = find_metrics_csv(logs if logs is not None else model_dir)
         if csv is None and logs is not None:
             metrics["training_curves"] = {"error": f"{logs}: no metrics.csv found"}
     if csv is not None:
-        metrics["training_curves"] = _curves(csv, out, files)
+        metrics["training_curves"] = curves_section(csv, out, files)
 
     metrics["files"] = {k: v.name for k, v in files.items()}
     files["metrics"] = out / "metrics.json"
@@ -249,179 +234,6 @@ def evaluate(
 
         write_report(metrics, out, files["report"])
     return EvalResult(out, metrics, files, errors)
-
-
-# ---------------------------------------------------------------------------- per task
-def _evaluate_task(t, df, proba, ok, out: Path, gallery_size, group_by, outlier_rows, files, galleries) -> dict:
-    truth = task_truth(df, t.column)
-    has = truth.notna().to_numpy()
-    known = truth.isin(t.labels).to_numpy()
-    usable = ok & has & known
-    unknown_counts = truth[has & ~known].value_counts()
-    res: dict[str, Any] = {
-        "column": t.column,
-        "rows_with_label": int(has.sum()),
-        "missing_label": int((~has).sum()),
-        "unknown_label": {str(k): int(v) for k, v in unknown_counts.head(20).items()},
-        "unknown_label_rows": int((has & ~known).sum()),
-        "unreadable_with_label": int((has & ~ok).sum()),
-    }
-    if not usable.any():
-        res["n"] = 0
-        res["skipped"] = (
-            f"no readable row has a known {t.column!r} label"
-            if has.any() else f"no row has a {t.column!r} label"
-        )
-        return res
-
-    index = {lab: i for i, lab in enumerate(t.labels)}
-    rows = np.flatnonzero(usable)
-    y = np.array([index[v] for v in truth.to_numpy()[rows]])
-    p = proba[rows]
-    res.update(task_metrics(y, p, t.labels, threshold=t.threshold))
-    pred = p.argmax(axis=1)
-    conf = p.max(axis=1)
-
-    atomic_write_text(out / f"classification_report_{t.name}.txt", text_report(y, pred, t.labels))
-    files[f"classification_report_{t.name}"] = out / f"classification_report_{t.name}.txt"
-    counts, norm = confusion(y, pred, len(t.labels))
-    res["confusion_matrix"] = counts.tolist()
-    files[f"confusion_{t.name}"] = plots.confusion_matrix_png(
-        norm, t.labels, out / f"confusion_{t.name}.png", counts=counts, title=f"{t.name}: confusion matrix (rows sum to 1)"
-    )
-    files[f"f1_{t.name}"] = plots.per_class_f1_png(res["per_class"], out / f"f1_{t.name}.png", title=f"{t.name}: F1 per class")
-    files[f"reliability_{t.name}"] = plots.reliability_png(
-        res["reliability"], out / f"reliability_{t.name}.png", ece=res["ece"], title=f"{t.name}: reliability"
-    )
-
-    paths = df["path"].astype(str).to_numpy()[rows]
-    wrong = pred != y
-    low = conf < LOW_CONFIDENCE
-    for i in np.flatnonzero(wrong | low):
-        reason = "misclassified" + (", low confidence" if low[i] else "") if wrong[i] else "low confidence"
-        outlier_rows.append({
-            "task": t.name, "path": paths[i], "true": t.labels[y[i]], "predicted": t.labels[pred[i]],
-            "confidence": round(float(conf[i]), 4), "true_prob": round(float(p[i, y[i]]), 4), "reason": reason,
-        })
-
-    def items(sel: np.ndarray, ok_: bool) -> list[dict]:
-        order = sel[np.argsort(-conf[sel], kind="stable")][:gallery_size]
-        return [
-            {"path": paths[i], "ok": ok_,
-             "caption": f"true: {plots.display_label(t.labels[y[i]])}\n"
-                        f"pred: {plots.display_label(t.labels[pred[i]])} ({conf[i]:.0%})"}
-            for i in order
-        ]
-
-    g = {}
-    for kind, sel, good in (("mistakes", np.flatnonzero(wrong), False), ("successes", np.flatnonzero(~wrong), True)):
-        title = f"{t.name}: most confident {'mistakes' if kind == 'mistakes' else 'correct answers'}"
-        png = plots.gallery_png(items(sel, good), out / f"gallery_{kind}_{t.name}.png", title=title)
-        if png is not None:
-            g[kind] = files[f"gallery_{kind}_{t.name}"] = png
-    galleries[t.name] = g
-
-    if group_by:
-        res["by_group"] = _groups(t, df, truth, usable, proba, group_by)
-    return res
-
-
-def _groups(t, df, truth, usable, proba, column: str) -> dict:
-    """Per value of `column`: the task's numbers on those rows. For the human-vs-AI task, each
-    group's AI rows are scored against all human rows (human work has no generator)."""
-    from sklearn.metrics import f1_score
-
-    if column not in df.columns:
-        return {"column": column, "error": f"the manifest has no column {column!r}"}
-    values = df[column]
-    out: dict[str, Any] = {"column": column, "groups": {}}
-    if t.column == "origin" and "ai" in t.labels:
-        j = t.labels.index("ai")
-        is_ai = (truth == "ai").to_numpy()
-        human = usable & ~is_ai
-        for g in sorted(values[usable & is_ai].dropna().astype(str).unique()):
-            rows = human | (usable & is_ai & (values.astype(str) == g).to_numpy())
-            out["groups"][g] = binary_detection(proba[rows, j], is_ai[rows])
-        return out
-    index = {lab: i for i, lab in enumerate(t.labels)}
-    for g in sorted(values[usable].dropna().astype(str).unique()):
-        rows = usable & (values.astype(str) == g).to_numpy()
-        y = np.array([index[v] for v in truth.to_numpy()[rows]])
-        pred = proba[rows].argmax(axis=1)
-        out["groups"][g] = {
-            "n": int(rows.sum()),
-            "accuracy": round(float((pred == y).mean()), 6),
-            "macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 6),
-        }
-    return out
-
-
-# ---------------------------------------------------------------------------- robustness
-def _robustness(model, df, ok, enc, group_by, max_rows, batch_size, progress, out: Path, files) -> dict:
-    from artlens.evaluate import robustness as rb
-
-    try:
-        task_name, p_ai = rb.origin_scorer(model)
-    except ValueError as exc:
-        return {"error": str(exc)}
-    if "origin" not in df.columns:
-        return {"error": "the data has no 'origin' column (human / ai)"}
-    origin = df["origin"].astype("string").str.lower()
-    sel = df[ok & origin.isin(["human", "ai"]).to_numpy()]
-    if sel.empty or sel["origin"].str.lower().nunique() < 2:
-        return {"error": "robustness needs readable rows of both origins (human and ai)"}
-    sample = rb.sample_rows(sel, max_rows)
-    rows = sample.index.to_numpy()
-    # "original" is embedded again in the same pass: an encoder whose output depends on the batch
-    # (dynamically quantised ONNX) would otherwise differ from the transformed runs for that reason.
-    conditions = dict(rb.CONDITIONS)
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("robustness"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), disable=not progress, transient=True)
-    with bar:
-        job = bar.add_task("robustness", total=len(rows))
-        cond_feats, cond_ok, reasons = rb.embed_conditions(
-            sample["path"].astype(str).tolist(), enc, conditions, batch_size=min(batch_size, 16),
-            on_progress=lambda n: bar.advance(job, n),
-        )
-    keep = cond_ok
-    scores = {}
-    for c in conditions:
-        scores[c] = p_ai(model.predict_proba(cond_feats[c][keep]))
-    is_ai = rb.is_ai_labels(sample["origin"].to_numpy()[keep])
-    groups = None
-    if group_by and group_by in sample.columns:
-        groups = sample[group_by].to_numpy(dtype=object)[keep]
-    table = rb.detection_table(scores, is_ai, groups)
-    res = {
-        "task": task_name,
-        "rows": int(keep.sum()),
-        "rows_available": int(len(sel)),
-        "sampled": bool(len(sample) < len(sel)),
-        "failed": [{"path": str(sample["path"].iloc[i]), "reason": r} for i, r in reasons.items()],
-        "group_by": group_by if groups is not None else None,
-        **table,
-    }
-    files["robustness"] = plots.robustness_png(table["conditions"], out / "robustness.png")
-    return res
-
-
-# ---------------------------------------------------------------------------- curves
-def _curves(csv: Path, out: Path, files) -> dict:
-    from artlens.evaluate.curves import CurvesError, curve_groups, read_epoch_metrics, summarise
-
-    try:
-        per_epoch = read_epoch_metrics(csv)
-    except CurvesError as exc:
-        return {"error": str(exc)}
-    groups = curve_groups(per_epoch)
-    res = {"source": str(csv), **summarise(per_epoch)}
-    if any(groups.values()):
-        files["training_curves"] = plots.curves_png(per_epoch, groups, out / "training_curves.png")
-    return res
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from artlens.data.images import ImageDecodeError, load_image, load_image_bytes
+from artlens.evaluate import plots
 
 
 def _reencode(img: Image.Image, fmt: str, name: str, **kw) -> Image.Image:
@@ -157,3 +159,55 @@ def detection_table(p_ai: dict[str, np.ndarray], is_ai: np.ndarray, groups: np.n
             by[g] = {c: binary_detection(p[rows], is_ai[rows]) for c, p in p_ai.items()}
         out["by_group"] = by
     return out
+
+
+def robustness_section(model, df, ok, enc, group_by, max_rows, batch_size, progress, out: Path, files) -> dict:
+    """The evaluation report's robustness numbers: the origin task re-scored on re-encoded,
+    resized and cropped copies of a sample of the readable rows (plot written under `out`)."""
+    try:
+        task_name, p_ai = origin_scorer(model)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    if "origin" not in df.columns:
+        return {"error": "the data has no 'origin' column (human / ai)"}
+    origin = df["origin"].astype("string").str.lower()
+    sel = df[ok & origin.isin(["human", "ai"]).to_numpy()]
+    if sel.empty or sel["origin"].str.lower().nunique() < 2:
+        return {"error": "robustness needs readable rows of both origins (human and ai)"}
+    sample = sample_rows(sel, max_rows)
+    rows = sample.index.to_numpy()
+    # "original" is embedded again in the same pass: an encoder whose output depends on the batch
+    # (dynamically quantised ONNX) would otherwise differ from the transformed runs for that reason.
+    conditions = dict(CONDITIONS)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("robustness"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), disable=not progress, transient=True)
+    with bar:
+        job = bar.add_task("robustness", total=len(rows))
+        cond_feats, cond_ok, reasons = embed_conditions(
+            sample["path"].astype(str).tolist(), enc, conditions, batch_size=min(batch_size, 16),
+            on_progress=lambda n: bar.advance(job, n),
+        )
+    keep = cond_ok
+    scores = {}
+    for c in conditions:
+        scores[c] = p_ai(model.predict_proba(cond_feats[c][keep]))
+    is_ai = is_ai_labels(sample["origin"].to_numpy()[keep])
+    groups = None
+    if group_by and group_by in sample.columns:
+        groups = sample[group_by].to_numpy(dtype=object)[keep]
+    table = detection_table(scores, is_ai, groups)
+    res = {
+        "task": task_name,
+        "rows": int(keep.sum()),
+        "rows_available": int(len(sel)),
+        "sampled": bool(len(sample) < len(sel)),
+        "failed": [{"path": str(sample["path"].iloc[i]), "reason": r} for i, r in reasons.items()],
+        "group_by": group_by if groups is not None else None,
+        **table,
+    }
+    files["robustness"] = plots.robustness_png(table["conditions"], out / "robustness.png")
+    return res
