@@ -422,7 +422,7 @@ def test_pca_head_folds_into_one_linear_layer():
     import torch
     from sklearn.decomposition import PCA
 
-    from artlens.train.probe import fit_linear
+    from artlens.train.fitting import fit_linear
 
     torch.set_num_threads(1)
     df, X = _clusters(n_known=4, n_unknown=0, per_known=30, seed=9)

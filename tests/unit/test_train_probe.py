@@ -8,7 +8,9 @@ import torch
 
 from artlens.train.calibrate import choose_threshold, fit_temperature, softmax
 from artlens.train.config import load_recipe
-from artlens.train.probe import expand_candidates, fit_linear, merge_heads, train_probe
+from artlens.train.fitting import fit_linear, merge_heads
+from artlens.train.probe import train_probe
+from artlens.train.search import expand_candidates
 
 torch.set_num_threads(1)
 
@@ -167,7 +169,7 @@ def test_selection_score_is_the_macro_f1_evaluate_reports():
     as F1 = 0."""
     from artlens import metrics as M
     from artlens.evaluate.metrics import task_metrics
-    from artlens.train.probe import _score
+    from artlens.train.fitting import _score
 
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     pred = np.array([0, 0, 1, 1, 0, 2, 2, 1])

@@ -36,7 +36,7 @@ from artlens.models.artmodel import ArtModel, TaskConfig
 from artlens.train import openset
 from artlens.train.artist_task import ArtistTask, add_artist_task
 from artlens.train.calibrate import fit_temperature
-from artlens.train.probe import fit_linear, standardisation
+from artlens.train.fitting import fit_linear, standardisation
 
 TASK = "artist"
 UNKNOWN_LABEL = openset.DEFAULT_LABEL
