@@ -138,9 +138,10 @@ class Predictor:
         `check(rows)`: the features of degraded copies of those rows (None when they cannot be
         made); a banded answer (origin `ai`) that does not hold on its copy becomes `unsure`.
         """
-        # The heads' matrix products are small: one BLAS thread does them ~20x cheaper than
-        # OpenBLAS's default one-per-core, whose waiting threads spin on the cores the encoder and
-        # the decoders need (same results: the products are split by rows, not summed differently).
+        # The heads' matrix products are small: one BLAS thread does them far cheaper (README,
+        # predict benchmark) than OpenBLAS's default one-per-core, whose waiting threads spin on the
+        # cores the encoder and the decoders need (same results: the products are split by rows,
+        # not summed differently).
         with _one_blas_thread():
             return self._predict_features(features, check)
 

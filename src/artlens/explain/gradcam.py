@@ -60,8 +60,8 @@ class Explanation:
     strip of captioned overlays when several layers were asked for.
 
     Probabilities come from the torch model the gradients flow through. For CLIP that is the fp32
-    rebuild, while `artlens predict` runs the INT8 ONNX model: embeddings agree to cosine ~0.995,
-    but a probe's standardised head can turn that into a few points of probability.
+    rebuild, while `artlens predict` runs the INT8 ONNX model: embeddings agree closely (the README
+    gives the measured cosine), but a probe's standardised head can turn that into a few points of probability.
     """
 
     task: str

@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
 
 # Images per single-threaded run. Small slices keep each run's activations close to the core's
-# own cache (fc1's output for one image is 2.4 MB): slices of 2 took ~15 % less CPU per image than
-# slices of 4 (benchmarks/clip_variants.py --runner) and give the same bits as any batch of >= 2.
+# own cache (fc1's output for one image is 2.4 MB): slices of 2 take less CPU per image than
+# slices of 4 (benchmarks/clip_variants.py --runner; figures in the README) and give the same bits
+# as any batch of >= 2.
 DEFAULT_SLICE = 2
 
 
@@ -49,10 +50,10 @@ def clip_onnx_session(
     """An onnxruntime session over the batch-independent CLIP image encoder.
 
     Input `pixel_values` float32 (N, 3, 224, 224) from `clip_preprocess`; output `image_embeds`
-    (N, 512), not normalised, and `patch_means` (N, 3 * 768) (see `clip_features`). `threads`: intra-op threads (default: the usable cores).
-    `spin=False` turns off onnxruntime's busy-waiting between kernels: measured here it is 5-30 %
-    faster when other processes (image decoding workers, other jobs) share the cores, and costs
-    little when they do not. For throughput over many images prefer `ClipOnnxRunner`."""
+    (N, 512), not normalised, and `patch_means` (N, 3 * 768) (see `clip_features`). `threads`:
+    intra-op threads (default: the usable cores). `spin=False` turns off onnxruntime's busy-waiting
+    between kernels: faster when other processes (image decoding workers, other jobs) share the
+    cores, and little cost when they do not. For throughput over many images prefer `ClipOnnxRunner`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
