@@ -132,7 +132,8 @@ def test_engine_options_are_usage_errors_without_ray():
     from artlens.cli import EXIT_USAGE, app
 
     for args in (["predict", "x.jpg", "--engine", "spark"], ["predict", "x.jpg", "--address", "auto"],
-                 ["predict", "x.jpg", "--workers", "3"]):
+                 ["predict", "x.jpg", "--workers", "3"], ["index", "x", "--workers", "3"], ["index", "x", "--address", "auto"],
+                 ["index", "x", "--engine", "spark"]):
         run = CliRunner().invoke(app, args)
         assert run.exit_code == EXIT_USAGE, (args, run.output)
 
@@ -146,7 +147,8 @@ def test_engine_ray_without_ray_installed_is_one_error(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     shutil.copy(next(EXAMPLES.glob("*.jpg")), tmp_path / "a.jpg")
-    for cmd in (["predict", str(tmp_path / "a.jpg")], ["embed", str(tmp_path / "a.jpg"), "--store", str(tmp_path / "s")]):
+    for cmd in (["predict", str(tmp_path / "a.jpg")], ["embed", str(tmp_path / "a.jpg"), "--store", str(tmp_path / "s")],
+                ["index", str(tmp_path), "--out", str(tmp_path / "i"), "--store", str(tmp_path / "s")]):
         run = CliRunner().invoke(app, [*cmd, "--engine", "ray"])
         assert run.exit_code == EXIT_ERROR, run.output
         errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
@@ -189,6 +191,54 @@ def test_embed_cli_ray_fills_the_same_store_and_a_rerun_computes_nothing(local_r
     run = CliRunner().invoke(app, args)  # a rerun: everything is in the store
     again = json.loads(run.stdout)
     assert (again["computed"], again["reused"], again["embedded_rows"]) == (0, 12, 12), again
+
+
+def test_index_cli_ray_writes_the_local_index_and_a_rerun_embeds_only_new_files(local_ray, folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import artlens.embed
+    from artlens.cli import EXIT_PARTIAL, app
+    from artlens.retrieval import FaissIndex
+
+    def no_local_engine(*args, **kwargs):
+        raise AssertionError("--engine ray embedded in this process")
+
+    source = tmp_path / "collection"
+    shutil.copytree(folder, source)
+    ray_out, local_out = tmp_path / "ray-index", tmp_path / "local-index"
+    args = ["index", str(source), "--engine", "ray", "--workers", "2", "--batch-size", "3", "--out", str(ray_out),
+            "--store", str(tmp_path / "ray-store"), "--json"]
+    monkeypatch.setattr(artlens.embed, "embed_manifest", no_local_engine)
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == EXIT_PARTIAL, run.output  # finished, two files unreadable
+    summary = json.loads(run.stdout)
+    assert (summary["count"], summary["added"], summary["kept"], summary["failed"]) == (12, 12, 0, 2), summary
+    for name in BAD:  # one line each, never fatal
+        lines = _skipped_lines(run.stderr, name)
+        assert len(lines) == 1 and lines[0].startswith("left out"), (name, run.stderr)
+
+    monkeypatch.undo()
+    local = CliRunner().invoke(app, ["index", str(source), "--out", str(local_out), "--store", str(tmp_path / "local-store"),
+                                     "--batch-size", "3", "--json"])
+    assert local.exit_code == EXIT_PARTIAL, local.output
+    a, b = FaissIndex.load(ray_out), FaissIndex.load(local_out)
+    assert (a.backbone_id, a.default_mode, a.modes, a.kind) == (b.backbone_id, b.default_mode, b.modes, b.kind)
+    assert list(a.rows["path"]) == list(b.rows["path"]) and list(a.rows["sha256"]) == list(b.rows["sha256"])
+    fa, fb = a.features(list(range(len(a)))), b.features(list(range(len(b))))
+    cos = np.sum(fa * fb, axis=1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1))
+    assert cos.min() >= 0.9999, cos
+    for i in range(len(a)):  # the same neighbours in the default mode
+        assert [n.id for n in a.neighbours(fa[i], 4)] == [n.id for n in b.neighbours(fb[i], 4)], i
+
+    monkeypatch.setattr(artlens.embed, "embed_manifest", no_local_engine)
+    run = CliRunner().invoke(app, args)  # a rerun: nothing to embed, nothing to write
+    again = json.loads(run.stdout)
+    assert (again["added"], again["kept"], again["removed"], again["written"]) == (0, 12, 0, False), again
+    make_image(source / "new.png", size=(80, 72), seed=99)
+    (source / "gen0.png").unlink()
+    run = CliRunner().invoke(app, args)  # one new file embedded on Ray, one removed
+    again = json.loads(run.stdout)
+    assert (again["count"], again["added"], again["kept"], again["removed"]) == (12, 1, 11, 1), again
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:

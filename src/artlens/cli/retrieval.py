@@ -32,21 +32,36 @@ def index(
     kind: Annotated[str, typer.Option("--kind", help="auto (exact up to 100k vectors, then HNSW), flat or hnsw.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print the index summary as JSON.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (new files embedded by a Ray "
+                                        "Data pipeline: a local Ray, or a cluster with --address). The same index.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster (auto, ray://HOST:10001); "
+                                                   "default: RAY_ADDRESS, else a local Ray.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="--engine ray: model actors, one CPU each (default 2).")] = None,
 ) -> None:
     """Index a collection for `artlens similar`: new files are embedded (with progress), unchanged
     ones keep their vectors (by content hash), removed ones drop out."""
+    from artlens.cli.predict import engine_options
     from artlens.embed import model_encoder
+    from artlens.engine import EngineError
     from artlens.models.artmodel import ArtModel, ModelFormatError
     from artlens.retrieval import RetrievalError, index_collection, index_from_store, read_rows
 
     err = _err()
-    encoder, finetuned = None, False
+    options = engine_options(engine, address, workers, batch_size)
+    if options is None and workers is not None:
+        raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
+    encoder, embedder, finetuned, art = None, None, False, None
     try:
         if model is not None:
             art = ArtModel.load(model)
-            backbone, encoder = art.backbone_name, model_encoder(art)
-            finetuned = bool(art.backbone_state())
+            backbone, finetuned = art.backbone_name, bool(art.backbone_state())
             out = out or model / "index"
+        if options is not None and not (source / "backbone.json").is_file():  # the model loads on the workers
+            from artlens.engine import RayEmbedder
+
+            embedder = RayEmbedder.for_model(art, options=options) if art else RayEmbedder(backbone, options=options)
+        elif art is not None:
+            encoder = model_encoder(art)
         if (source / "backbone.json").is_file():
             if manifest is None:
                 fail(err, f"{source} is an embedding store: give --manifest with the rows to index")
@@ -61,10 +76,11 @@ def index(
                        "backbone_id": idx.backbone_id, "modes": idx.modes, "default_mode": idx.default_mode,
                        "failed": len(errors)}
         else:
-            update = index_collection(source, out, backbone=backbone, encoder=encoder, finetuned=finetuned, default_mode=by,
-                                      store_root=store, kind=kind, batch_size=batch_size, progress=err.is_terminal)
+            update = index_collection(source, out, backbone=backbone, encoder=encoder, embedder=embedder, finetuned=finetuned,
+                                      default_mode=by, store_root=store, kind=kind, batch_size=batch_size,
+                                      progress=err.is_terminal)
             errors, summary = update.errors, update.to_dict()
-    except (ModelFormatError, RetrievalError, ValueError, OSError) as exc:
+    except (ModelFormatError, RetrievalError, EngineError, ValueError, OSError) as exc:
         fail(err, exc)
     for path, reason in errors:
         report(err, "left out", path, reason)

@@ -39,12 +39,14 @@ def ray_embed_manifest(
     shard_size: int = 256,
     compact_over: int = 64,
     flush_s: float | None = 30.0,
+    info: dict | None = None,
 ) -> EmbedResult:
     """`embed_manifest(df, backbone, store_root, ...)` on Ray: same store, same result.
 
     `backbone_state` / `preprocessing`: a fine-tuned model's backbone (as `get_encoder` takes
     them); they travel to the actors through the object store. `device`: where the actors run the
-    encoder (`cuda` needs `options.gpus_per_worker`)."""
+    encoder (`cuda` needs `options.gpus_per_worker`). `info`: the encoder's description when the
+    caller already has it (`RayEmbedder.info`), else it is read on a worker."""
     import pandas as pd
 
     if isinstance(backbone, Encoder):
@@ -62,7 +64,7 @@ def ray_embed_manifest(
 
     enc_kwargs = {"backbone_name": backbone, "backbone_state": backbone_state, "preprocessing": preprocessing,
                   "device": device}
-    info = describe_encoder(partial(get_encoder, **enc_kwargs), options)
+    info = info or describe_encoder(partial(get_encoder, **enc_kwargs), options)
     store = EmbeddingStore(store_root, info["backbone_id"], dim=info["dim"], shard_size=shard_size, backbone=info["name"])
     stats = EmbedStats(backbone_id=info["backbone_id"], dim=info["dim"], rows=n)
     stats.shards_ignored = list(store.invalid)
@@ -104,3 +106,34 @@ def ray_embed_manifest(
             if h in bad:
                 reasons[i] = bad[h]
     return collect_result(store, paths, hashes, reasons, stats, t_start, compact_over)
+
+
+class RayEmbedder:
+    """A backbone that embeds on Ray, in the shape `index_collection(embedder=...)` takes: its
+    identity (`backbone_id`, `dim`, `name`, read once on a worker: the driver loads no model) and
+    `embed_manifest(rows, store_root=, progress=)`, which is `ray_embed_manifest`.
+
+        update = index_collection("museum/", embedder=RayEmbedder("clip-vit-b16", options=RayOptions(workers=8)))
+    """
+
+    def __init__(self, backbone: str, *, backbone_state=None, preprocessing=None, device: str = "cpu",
+                 options: RayOptions | None = None):
+        self.backbone = backbone
+        self.options = options or RayOptions()
+        self._kwargs = {"backbone_state": backbone_state, "preprocessing": preprocessing, "device": device}
+        self.info = describe_encoder(partial(get_encoder, backbone_name=backbone, **self._kwargs), self.options)
+        self.backbone_id, self.dim, self.name = self.info["backbone_id"], int(self.info["dim"]), self.info["name"]
+
+    @classmethod
+    def for_model(cls, model, *, device: str = "cpu", options: RayOptions | None = None) -> "RayEmbedder":
+        """The encoder an ArtModel predicts with (`artlens.embed.model_encoder`'s), on Ray."""
+        state = model.backbone_state() or None
+        return cls(model.backbone_name, backbone_state=state, preprocessing=model.preprocessing if state else None,
+                   device=device, options=options)
+
+    def embed_manifest(self, df, *, store_root=None, progress: bool = False, flush_s: float | None = 30.0) -> EmbedResult:
+        return ray_embed_manifest(df, self.backbone, store_root, options=self.options, progress=progress,
+                                  flush_s=flush_s, info=self.info, **self._kwargs)
+
+    def __repr__(self) -> str:
+        return f"RayEmbedder({self.backbone_id!r}, dim={self.dim}, workers={self.options.workers})"

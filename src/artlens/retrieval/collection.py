@@ -70,6 +70,7 @@ def index_collection(
     *,
     backbone: str = "clip-vit-b16",
     encoder=None,
+    embedder=None,
     finetuned: bool = False,
     default_mode: str | None = None,
     store_root=None,
@@ -82,11 +83,15 @@ def index_collection(
     `default_index_dir(source)`). `encoder`: a ready encoder (default: the backbone's); `finetuned`:
     its weights are a fine-tuned model's (the shipped style/artist projections then do not apply).
     `default_mode`: what `similar` searches by unless told (default: style where the backbone has
-    it, else visual)."""
+    it, else visual). `embedder`: where new files are embedded instead of this process, e.g. on Ray
+    (`artlens.engine.RayEmbedder`: anything with `backbone_id`, `dim` and `embed_manifest(rows,
+    store_root=, progress=)` giving `embed_manifest`'s result); the index is the same."""
     from artlens.embed import embed_manifest, get_encoder
 
     out = Path(out) if out is not None else default_index_dir(source)
-    encoder = encoder or get_encoder(backbone)
+    if embedder is not None and encoder is not None:
+        raise ValueError("give an encoder or an embedder, not both")
+    encoder = embedder or encoder or get_encoder(backbone)  # what matters below: backbone_id and dim
     spaces = default_spaces(backbone, encoder.dim, finetuned=finetuned)
     mode = default_mode or default_mode_of(spaces)
     if mode not in [*spaces, FEATURES]:  # before any work
@@ -115,8 +120,11 @@ def index_collection(
             vectors[i] = reuse[h]
     todo = np.array([h not in reuse for h in shas], dtype=bool)
     if todo.any():
-        result = embed_manifest(rows.loc[todo], encoder, store_root=store_root, batch_size=batch_size,
-                                workers=workers, progress=progress)
+        if embedder is not None:
+            result = embedder.embed_manifest(rows.loc[todo], store_root=store_root, progress=progress)
+        else:
+            result = embed_manifest(rows.loc[todo], encoder, store_root=store_root, batch_size=batch_size,
+                                    workers=workers, progress=progress)
         vectors[todo] = result.vectors
         errors.extend(zip(result.errors["path"], result.errors["reason"]))
     ok = np.isfinite(vectors).all(axis=1)
