@@ -12,6 +12,7 @@
     examples: $("examples"), results: $("results"), alert: $("alert"), alertTitle: $("alert-title"),
     alertDetail: $("alert-detail"), status: $("status"), empty: $("empty"), emptyTasks: $("empty-tasks"),
     tasks: $("tasks"), similarBlock: $("similar-block"), similar: $("similar"), similarHint: $("similar-hint"),
+    similarTitle: $("similar-title"), similarBy: $("similar-by"), similarByLabel: $("similar-by-label"),
     modelFacts: $("model-facts"), limitMb: $("limit-mb"), taskTemplate: $("task-template"),
   };
 
@@ -39,8 +40,11 @@
     network: "The server could not be reached.",
   };
 
+  // Search modes of an index (`artlens index --by`), as the page names them.
+  const MODE_NAMES = { style: "style", artist: "artist (the same hand)", visual: "look (plain CLIP)", features: "all features" };
+
   const state = {
-    models: null, limits: { max_upload_bytes: 20e6, accepted_types: [] }, features: {},
+    index: null, models: null, limits: { max_upload_bytes: 20e6, accepted_types: [] }, features: {},
     file: null, run: 0, objectUrl: null, touchedToggle: false, prediction: null,
   };
 
@@ -104,6 +108,8 @@
       state.models = info.model;
       state.limits = info.limits;
       state.features = info.features || {};
+      state.index = info.index || null;
+      renderIndexFacts(state.index);
       el.limitMb.textContent = mb(info.limits.max_upload_bytes);
       renderModelFacts(info);
       el.emptyTasks.replaceChildren(...cardTasks().map((t) => node("li", { text: taskTitle(t.name) })));
@@ -117,6 +123,17 @@
       const ex = await api("/v1/examples");
       renderExamples(ex.examples || []);
     } catch (_) { /* examples are optional */ }
+  }
+
+  function renderIndexFacts(index) {
+    if (!index) return;
+    if (index.collection) el.similarTitle.textContent = `Similar works in ${index.collection}`;
+    const modes = index.modes || [];
+    if (modes.length > 1) {
+      el.similarBy.replaceChildren(...modes.map((m) => node("option", { value: m, text: MODE_NAMES[m] || m })));
+      el.similarBy.value = index.default_mode || modes[0];
+      el.similarByLabel.hidden = false;
+    }
   }
 
   function renderModelFacts(info) {
@@ -398,9 +415,10 @@
     try {
       const body = new FormData();
       body.append("file", state.file, state.file.name);
-      const data = await api("/v1/similar?k=8", { method: "POST", body });
+      const by = el.similarByLabel.hidden ? "" : `&by=${encodeURIComponent(el.similarBy.value)}`;
+      const data = await api(`/v1/similar?k=8${by}`, { method: "POST", body });
       if (run !== state.run) return;
-      renderSimilar(data.results || []);
+      renderSimilar(data.results || [], data.by);
     } catch (err) {
       if (run !== state.run) return;
       el.similarHint.textContent = `Similar artworks could not be found: ${err.detail || err.code}`;
@@ -409,8 +427,11 @@
     }
   }
 
-  function renderSimilar(items) {
-    el.similarHint.textContent = items.length ? "Nearest pictures in the index, by visual similarity." : "The index is empty.";
+  function renderSimilar(items, by) {
+    const index = state.index || {};
+    const where = index.collection ? `${index.collection} (${(index.size || 0).toLocaleString()} works)` : "the index";
+    const how = by ? `, by ${MODE_NAMES[by] || by}` : "";
+    el.similarHint.textContent = items.length ? `The ${items.length} nearest works in ${where}${how}; closest first.` : "The index is empty.";
     el.similar.replaceChildren(
       ...items.map((n) => {
         const who = n.artist ? `${n.title} by ${n.artist}` : n.title;
@@ -421,11 +442,15 @@
           node("span", { class: "t", text: n.title, title: who }),
           n.artist ? node("span", { class: "a", text: n.artist }) : null,
           labels ? node("span", { class: "l", text: labels }) : null,
-          node("span", { class: "s", text: `${pct(Math.max(0, n.similarity))} similar` }),
+          node("span", {
+            class: "s", text: `${pct(Math.max(0, n.similarity))} similar`,
+            title: n.distance === undefined ? "" : `cosine distance ${n.distance.toFixed(3)}`,
+          }),
           n.duplicate ? node("span", { class: "dup", text: "same picture" }) : null,
         ]);
-        const img = node("img", { src: `${n.image_url}?size=264`, alt: who, loading: "lazy", width: 132, height: 132 });
-        return node("li", { "data-id": n.id }, node("figure", {}, [img, cap]));
+        const src = n.thumb_url || `${n.image_url}?size=264`;
+        const img = node("img", { src, alt: who, loading: "lazy", width: 132, height: 132 });
+        return node("li", { "data-id": n.id, "data-row": n.row === undefined ? "" : String(n.row) }, node("figure", {}, [img, cap]));
       }),
     );
     el.similarBlock.hidden = false;
@@ -443,6 +468,7 @@
   el.change.addEventListener("click", () => el.file.click());
   el.toggle.addEventListener("change", () => { state.touchedToggle = true; applyView(); });
   el.explainTask.addEventListener("change", () => { if (state.file) explain(state.run); });
+  el.similarBy.addEventListener("change", () => { if (state.file) similar(state.run); });
 
   let depth = 0;
   el.dropzone.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; el.dropzone.classList.add("dragging"); });
