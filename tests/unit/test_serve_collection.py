@@ -123,6 +123,22 @@ def test_collection_is_indexed_and_served(museum, tmp_path, monkeypatch):
         assert bad.status_code == 422 and "visual" in bad.json()["detail"]
 
 
+def test_the_search_mode_the_index_was_given_is_kept(museum, tmp_path):
+    """`artlens index DIR --by features` then `serve --collection DIR`: the server does not rewrite
+    the index to its own default mode."""
+    from artlens.retrieval import index_collection
+
+    first = index_collection(museum, backbone="tiny-colour", encoder=TinyEncoder(), default_mode="features",
+                             store_root=tmp_path / "s", workers=0)
+    assert first.index.default_mode == "features"
+    backend, update = open_collection(museum, tiny_model(), encoder=TinyEncoder(), workers=0, store_root=tmp_path / "s")
+    assert backend.default_mode == "features" and not update.written and update.kept == 6
+    # an index never given a mode gets the retrieval default
+    (museum / ".artlens-index" / "meta.json").unlink()
+    backend, update = open_collection(museum, tiny_model(), encoder=TinyEncoder(), workers=0, store_root=tmp_path / "s")
+    assert backend.default_mode == "visual" and update.written
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize(
     "ref, status",
