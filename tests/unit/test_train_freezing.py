@@ -9,11 +9,16 @@ import torch
 from torch import nn
 
 from artlens.train.freezing import (
-    TwoPhaseFinetuning, count_trainable, freeze_named, freeze_top_fraction, keep_frozen_bn_eval, parameter_layers,
+    TwoPhaseFinetuning, freeze_named, freeze_top_fraction, keep_frozen_bn_eval, parameter_layers,
 )
 from artlens.train.optim import build_optimizer, build_scheduler
 
 torch.set_num_threads(1)
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, all parameters)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
 
 
 def tiny_cnn() -> nn.Module:

@@ -89,11 +89,7 @@ def _register() -> None:
     import importlib
 
     for name in ("data", "embed", "train", "evaluate", "predict", "explain", "retrieval", "serve", "artist"):
-        try:
-            importlib.import_module(f"artlens.cli.{name}")
-        except ModuleNotFoundError as exc:  # a stage not written yet
-            if exc.name != f"artlens.cli.{name}":
-                raise
+        importlib.import_module(f"artlens.cli.{name}")
 
 
 _register()

@@ -12,8 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+from artlens.data.images import IMAGE_EXTENSIONS
 
 
 def _load_source(source: Path, layout: str | None, progress: bool = False):
@@ -21,31 +20,20 @@ def _load_source(source: Path, layout: str | None, progress: bool = False):
     import pandas as pd
 
     if source.is_dir():
-        try:
-            from artlens.data.manifest import scan
-        except ImportError:
-            scan = None
-        if scan is not None:
-            res = scan(source, layout=layout, progress=progress)
-            return res.manifest, res.errors
-        # Without the manifest module: every image file below the folder (hashes computed later).
-        from artlens.data.walk import walk_files
+        from artlens.data.manifest import scan
 
-        keep = lambda name: Path(name).suffix.lower() in _IMAGE_SUFFIXES  # noqa: E731
-        files = sorted(str(p.resolve()) for p in walk_files(source, keep=keep) if p.is_file())
-        return pd.DataFrame({"path": files}), None
+        res = scan(source, layout=layout, progress=progress)
+        return res.manifest, res.errors
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     suffix = source.suffix.lower()
     if suffix == ".parquet":
-        try:
-            from artlens.data.manifest import read_manifest
-        except ImportError:
-            read_manifest = pd.read_parquet
+        from artlens.data.manifest import read_manifest
+
         return read_manifest(source), None
     if suffix == ".csv":
         return pd.read_csv(source), None
-    if suffix in _IMAGE_SUFFIXES:
+    if suffix in IMAGE_EXTENSIONS:
         return pd.DataFrame({"path": [str(source.resolve())]}), None
     raise ValueError(f"{source}: expected a manifest (.parquet/.csv), a folder or an image")
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-try:  # Lightning is a dependency, but keep the plain-torch helpers importable without it.
-    from lightning.pytorch.callbacks import BaseFinetuning
-except ImportError:  # pragma: no cover
-    BaseFinetuning = object  # type: ignore[assignment,misc]
 
 
 def _set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -82,11 +78,6 @@ def keep_frozen_bn_eval(model: nn.Module) -> None:
             params = list(m.parameters(recurse=False))
             if params and not any(p.requires_grad for p in params):
                 m.eval()
-
-
-def count_trainable(model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
 class TwoPhaseFinetuning(BaseFinetuning):
