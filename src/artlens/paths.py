@@ -1,4 +1,5 @@
-"""Where artlens keeps derived files (dequantized weights, embeddings)."""
+"""Where artlens keeps derived files (dequantized weights, embeddings) and how it writes them:
+atomically, and as JSON-ready values."""
 
 from __future__ import annotations
 
@@ -42,3 +43,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(obj):
+    """`obj` with numpy scalars, paths and NaN turned into what JSON (and YAML) hold: dict keys as
+    str, tuples as lists, NaN as None, anything else unknown as its str."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is not None and not isinstance(obj, (str, int, bool)):
+        try:
+            import pandas as pd
+
+            if pd.isna(obj):
+                return None
+        except (TypeError, ValueError):
+            pass
+        return str(obj)
+    return obj

@@ -20,7 +20,7 @@ from artlens.evaluate.curves import curves_section, find_metrics_csv
 from artlens.evaluate.robustness import robustness_section
 from artlens.evaluate.tasks import evaluate_task
 from artlens.models.artmodel import ArtModel
-from artlens.paths import atomic_write_text
+from artlens.paths import atomic_write_text, jsonable
 
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 
@@ -228,7 +228,7 @@ def evaluate(
     if html:
         files["report"] = out / "report.html"
         metrics["files"]["report"] = "report.html"
-    atomic_write_text(files["metrics"], json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(files["metrics"], json.dumps(jsonable(metrics), indent=2, ensure_ascii=False) + "\n")
     if html:
         from artlens.evaluate.report import write_report
 
@@ -241,28 +241,3 @@ def _version() -> str:
     from artlens import __version__
 
     return __version__
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return None if np.isnan(obj) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is not None and not isinstance(obj, (str, int, bool)):
-        try:
-            import pandas as pd
-
-            if pd.isna(obj):
-                return None
-        except (TypeError, ValueError):
-            pass
-        return str(obj)
-    return obj

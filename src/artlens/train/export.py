@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens.paths import jsonable
 from artlens.train.calibrate import calibrate_task, classification_metrics
 
 log = logging.getLogger(__name__)
@@ -74,20 +75,6 @@ def compact(metrics: dict) -> dict:
     return out
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
-
-
 def save_run(recipe: dict, task_cfgs: list, heads, metrics: dict, out: Path, *, mode: str, spec,
              preprocessing: dict | None = None, backbone_state: dict | None = None, prepared=None,
              extra: dict | None = None, feature_dim: int | None = None) -> dict:
@@ -103,19 +90,19 @@ def save_run(recipe: dict, task_cfgs: list, heads, metrics: dict, out: Path, *, 
         info["notes"] = list(prepared.notes)
         info["unreadable_files"] = int(len(prepared.errors))
     summary = compact(metrics)
-    summary["run"] = _jsonable(info)
+    summary["run"] = jsonable(info)
     config = {
         "mode": mode,
         "backbone": backbone_info(spec, recipe, feature_dim),
         "preprocessing": preprocessing or spec_preprocessing(spec),
         "tasks": task_cfgs,
-        "recipe": _jsonable(recipe),
-        "metrics": _jsonable(summary),
+        "recipe": jsonable(recipe),
+        "metrics": jsonable(summary),
     }
     model = ArtModel.from_torch(config, heads, backbone_state=backbone_state)
     model.save(out)
-    atomic_write_text(out / "metrics.json", json.dumps(_jsonable({**metrics, "run": info}), indent=2) + "\n")
-    atomic_write_text(out / "recipe.yaml", dump_recipe(_jsonable(recipe)))
+    atomic_write_text(out / "metrics.json", json.dumps(jsonable({**metrics, "run": info}), indent=2) + "\n")
+    atomic_write_text(out / "recipe.yaml", dump_recipe(jsonable(recipe)))
     if prepared is not None:
         try:
             from artlens.data.manifest import write_manifest
