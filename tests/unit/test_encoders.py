@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artlens.embed.encoders import TorchEncoder, get_encoder, l2_normalize, make_backbone_id, state_digest
+from artlens.embed.encoders import TorchEncoder, get_encoder, make_backbone_id, state_digest
 from artlens.models.preprocessing import Preprocessing
 
 TINY = Preprocessing(input_size=16, resize_size=18, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), interpolation="bilinear")
@@ -31,12 +31,6 @@ def test_import_is_cheap():
     code = "import sys, artlens.embed; print(sorted(m for m in ('torch', 'onnxruntime', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-def test_l2_normalize_rows_and_zero_rows():
-    x = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    assert x.dtype == np.float32
-    np.testing.assert_allclose(x, [[0.6, 0.8], [0.0, 0.0]])
 
 
 def test_spec_preprocess_resizes_crops_and_normalises():

@@ -19,17 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from artlens.metrics import l2_normalize
 from artlens.models import clip as clip_mod
 from artlens.models.device import default_batch_size, resolve_device
 from artlens.models.preprocessing import Preprocessing
 
 CLIP_NAME = "clip-vit-b16"
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def _digest(obj: Any, n: int = 12) -> str:

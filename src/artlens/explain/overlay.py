@@ -18,7 +18,7 @@ MAX_DISPLAY = 1024
 
 # --------------------------------------------------------------------------- preprocessing
 @dataclass
-class Prepared:
+class PreparedImage:
     """One image ready for the model, and where the model's view lies in the display image."""
 
     tensor: torch.Tensor  # (1, 3, S, S), normalised
@@ -26,7 +26,7 @@ class Prepared:
     box: tuple[int, int, int, int]  # the model's centre crop, in display pixels (l, t, r, b)
 
 
-def prepare_image(img: Image.Image, pre: "Preprocessing | Mapping[str, Any]") -> Prepared:
+def prepare_image(img: Image.Image, pre: "Preprocessing | Mapping[str, Any]") -> PreparedImage:
     """The model's eval preprocessing (`Preprocessing`, or a config.json block), so the explained
     pixels are exactly the predicted ones.
 
@@ -41,7 +41,7 @@ def prepare_image(img: Image.Image, pre: "Preprocessing | Mapping[str, Any]") ->
     if max(w, h) > MAX_DISPLAY:
         f = MAX_DISPLAY / max(w, h)
         display = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
-    return Prepared(tensor=tensor, display=display, box=pre.crop_box(w, h, into=display.size))
+    return PreparedImage(tensor=tensor, display=display, box=pre.crop_box(w, h, into=display.size))
 
 
 def place_cam(cam: np.ndarray, box: tuple[int, int, int, int], display_size: tuple[int, int]) -> np.ndarray:
