@@ -245,6 +245,66 @@ def test_stalled_uploads_are_cut_off_and_do_not_block_a_normal_request():
         assert (health["reading"], health["active"], health["waiting"]) == (0, 0, 0)
 
 
+def _trickle(port: int, out: list, every_s: float = 0.5, declared: int = 100_000) -> None:
+    """Headers, then one byte every `every_s` (never idle long enough for the idle timeout):
+    (status, seconds until the answer, the reason)."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                  b"Content-Length: " + str(declared).encode() + b"\r\n\r\n")
+        s.settimeout(every_s)
+        reply = b""
+        while time.monotonic() - t0 < 25 and b"\r\n\r\n" not in reply:
+            try:
+                s.sendall(b"x")
+                reply += s.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        s.settimeout(5)
+        try:
+            while True:
+                more = s.recv(4096)
+                if not more:
+                    break
+                reply += more
+        except OSError:
+            pass
+    status = int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else None
+    out.append((status, time.monotonic() - t0, reply.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")))
+
+
+@pytest.mark.reliability
+def test_trickling_uploads_are_cut_off_by_the_minimum_rate():
+    """A client sending one byte every 0.5 s is never idle for --body-timeout (2 s), but falls
+    behind 1 kB/s: it is dropped with 408 soon after the 2 s grace, not at --timeout (60 s); a
+    normal upload meanwhile is answered at once. With the rate off, only the deadline ends it."""
+    import httpx
+
+    app = app_with(workers=1, body_timeout_s=2.0, timeout_s=60, min_upload_rate_kb=1.0)
+    with live_server(app) as port:
+        slow: list = []
+        threads = [threading.Thread(target=_trickle, args=(port, slow)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"file": ("red.png", png(RED), "image/png")},
+                       timeout=30)
+        assert r.status_code == 200
+        for t in threads:
+            t.join(30)
+    assert [s for s, _, _ in slow] == [408] * 4, slow
+    assert all(1.9 < secs < 5 for _, secs, _ in slow), slow
+    assert all("too slow" in body for _, _, body in slow), slow
+
+    app = app_with(workers=1, body_timeout_s=2.0, timeout_s=4, min_upload_rate_kb=0)
+    with live_server(app) as port:
+        slow = []
+        _trickle(port, slow)
+    assert slow[0][0] == 408 and 3.9 < slow[0][1] < 8 and "did not arrive within 4 s" in slow[0][2], slow
+
+
 def test_stalled_uploads_declaring_big_bodies_do_not_hold_up_small_ones():
     """Body budget 1 MB: two silent clients declaring 400 kB each hold 800 kB, two more wait for
     room; an ordinary small upload still fits and is answered at once; all four silent ones end

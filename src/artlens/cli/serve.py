@@ -36,6 +36,11 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option("--body-timeout", min=0.5, help="Seconds an upload may send nothing before it is dropped (408).")
     ] = 5,
+    min_upload_rate: Annotated[
+        float, typer.Option("--min-upload-rate", min=0, metavar="KB/S", help="kB/s an upload must average once its "
+                            "first --body-timeout seconds are over (each kB buys one more second); slower is "
+                            "dropped (408). 0: off.")
+    ] = 1.0,
     body_budget_mb: Annotated[
         float, typer.Option("--body-budget-mb", min=1, help="Request-body MB held at once (declared sizes); more waits.")
     ] = 256,
@@ -96,6 +101,7 @@ def serve(
         pixel_budget=int(pixel_budget * 1_000_000),
         request_pixel_budget=int(request_pixel_budget * 1_000_000),
         body_timeout_s=body_timeout,
+        min_upload_rate_kb=min_upload_rate,
         body_budget_mb=body_budget_mb,
         cors_origins=cors_origin or None,
         allowed_hosts=allowed_hosts(host, port, allowed_host),

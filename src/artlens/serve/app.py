@@ -63,6 +63,7 @@ def create_app(
     pixel_budget: int = DEFAULT_PIXEL_BUDGET,
     request_pixel_budget: int = DEFAULT_REQUEST_PIXEL_BUDGET,
     body_timeout_s: float = 5.0,
+    min_upload_rate_kb: float = 1.0,
     body_budget_mb: float = DEFAULT_BODY_BUDGET / 1e6,
 ) -> FastAPI:
     """The FastAPI app. `predictor` (a ready `Predictor` or a zero-argument factory), `explainer`
@@ -72,7 +73,8 @@ def create_app(
     `pixel_budget`: decoded pixels all requests may hold at once (about 4 bytes each);
     `request_pixel_budget`: decoded pixels over all of one request's pictures (a picture that does
     not fit is 413 in its slot); `body_timeout_s`: an upload that sends nothing for this long is
-    dropped (408);
+    dropped (408); `min_upload_rate_kb`: kB/s an upload must average after its first
+    `body_timeout_s` (408 when it falls behind; 0: off);
     `body_budget_mb`: request-body megabytes held at once (declared lengths)."""
     if examples_dir == "default":
         from artlens import examples_dir as _examples
@@ -89,6 +91,7 @@ def create_app(
         pixel_budget=pixel_budget,
         request_pixel_budget=request_pixel_budget,
         body_timeout_s=float(body_timeout_s),
+        min_upload_rate=float(min_upload_rate_kb) * 1000.0,
         body_budget_bytes=int(body_budget_mb * 1_000_000),
     )
     rt = Runtime(settings)
@@ -128,6 +131,7 @@ def create_app(
         max_queue=settings.max_queue,
         timeout_s=settings.timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        min_rate=settings.min_upload_rate,
         stats=rt.stats,
         shown_limit=settings.max_upload_bytes,
     )

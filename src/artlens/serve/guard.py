@@ -5,7 +5,8 @@ work, per-request deadlines, and a fixed-size worker pool for CPU work.
 Why this shape: a flood of uploads must queue, not multiply memory, and a silent client must not
 hold what others wait for. Requests waiting for body bytes have not been read yet (uvicorn stops
 reading a socket whose body the app has not asked for), so the only memory they cost is a
-coroutine; an upload that stalls is cut off after a few seconds (408); reading never takes a
+coroutine; an upload that stalls, or trickles in slower than a minimum rate once its grace period
+is over (as Apache's mod_reqtimeout `MinRate`), is cut off (408); reading never takes a
 worker slot, which only a request whose body has fully arrived may wait for. Work runs in a `ThreadPoolExecutor` of `workers` threads: unlike
 `anyio.to_thread` with an abandoned cancel, a timed-out job keeps its thread, so the pool can never
 grow past its size however many requests time out.
@@ -90,7 +91,9 @@ class GuardMiddleware:
     before reading anything; claim the body's bytes (declared length, or the limit when chunked)
     from the server's body budget, waiting first come first served when it is spent; then count the
     body bytes as the app reads them, stop at the limit (413), and drop an upload that sends
-    nothing for `body_timeout_s` or has not arrived by the deadline (408). A client that goes away
+    nothing for `body_timeout_s`, falls behind `min_rate` bytes/s after its first `body_timeout_s`
+    (the allowance grows by one second per `min_rate` bytes received), or has not arrived by the
+    deadline (408). A client that goes away
     mid-upload is one log line. Every response gets `nosniff`; the page gets a strict CSP.
 
     Reading is limited by bytes, not by a count of slots, and model work by `WorkGate`: a silent
@@ -105,6 +108,7 @@ class GuardMiddleware:
         max_queue: int,
         timeout_s: float,
         body_timeout_s: float,
+        min_rate: float = 0.0,
         stats: "QueueStats | None" = None,
         shown_limit: int | None = None,
     ):
@@ -115,6 +119,7 @@ class GuardMiddleware:
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.body_timeout_s = body_timeout_s
+        self.min_rate = float(min_rate)  # bytes/s an upload must keep up after its grace; 0: off
         self.stats = stats if stats is not None else QueueStats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -172,20 +177,30 @@ class GuardMiddleware:
                 body_done = True
                 self.stats.reading -= 1
 
+        started = loop.time()  # the body's clock starts once its bytes are claimed
+
+        def rate_deadline() -> float:
+            if self.min_rate <= 0:
+                return float("inf")
+            return started + self.body_timeout_s + received / self.min_rate
+
         async def limited_receive() -> Message:
             nonlocal received
             if body_done:  # later reads only wait for a disconnect: no deadline, nothing to count
                 return await receive()
-            remaining = deadline - loop.time()
-            idle = min(self.body_timeout_s, remaining)
+            now = loop.time()
+            idle_end, rate_end = now + self.body_timeout_s, rate_deadline()
+            end = min(idle_end, deadline, rate_end)
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(idle, 0.001))
+                message = await asyncio.wait_for(receive(), timeout=max(end - now, 0.001))
             except asyncio.TimeoutError:
                 finish_reading()
-                if remaining <= self.body_timeout_s:
+                if end == deadline:
                     reason = f"the upload did not arrive within {self.timeout_s:g} s"
-                else:
+                elif end == idle_end:
                     reason = f"the upload stalled: no data for {self.body_timeout_s:g} s"
+                else:
+                    reason = self._too_slow(received, loop.time() - started)
                 raise ApiError(408, "request_timeout", reason, {"connection": "close"}) from None
             if message["type"] == "http.disconnect":
                 finish_reading()
@@ -212,6 +227,10 @@ class GuardMiddleware:
         finally:
             finish_reading()
             self.budget.release(need)
+
+    def _too_slow(self, received: int, elapsed: float) -> str:
+        return (f"the upload is too slow: {received} bytes in {elapsed:.0f} s (at least {self.min_rate / 1000:g} kB/s "
+                f"after the first {self.body_timeout_s:g} s)")
 
     def _too_large(self, size: int | None) -> str:
         limit_mb = self.shown_limit / 1e6

@@ -159,6 +159,7 @@ async def models(request: Request):
             "accepted_types": ACCEPTED_TYPES,
             "timeout_s": s.timeout_s,
             "body_timeout_s": s.body_timeout_s,
+            "min_upload_rate_bytes_s": s.min_upload_rate,
             "top_k_max": TOP_K_MAX,
         },
     }

@@ -31,6 +31,7 @@ class Settings:
     pixel_budget: int = DEFAULT_PIXEL_BUDGET  # decoded pixels held at once, all requests together
     request_pixel_budget: int = DEFAULT_REQUEST_PIXEL_BUDGET  # decoded pixels over one request's pictures
     body_timeout_s: float = 5.0  # an upload that sends nothing for this long is dropped (408)
+    min_upload_rate: float = 1000.0  # bytes/s an upload must keep up after body_timeout_s (408); 0: off
     body_budget_bytes: int = DEFAULT_BODY_BUDGET  # request-body bytes held at once
 
     def __post_init__(self) -> None:

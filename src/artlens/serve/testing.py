@@ -198,12 +198,14 @@ def tiny_app():
 
 
 def _budgets_from_env() -> dict[str, Any]:
-    """`ARTLENS_PIXEL_BUDGET_MPX`, `ARTLENS_REQUEST_PIXEL_BUDGET_MPX`, `ARTLENS_BODY_TIMEOUT_S`:
+    """`ARTLENS_PIXEL_BUDGET_MPX`, `ARTLENS_REQUEST_PIXEL_BUDGET_MPX`, `ARTLENS_BODY_TIMEOUT_S`,
+    `ARTLENS_MIN_UPLOAD_RATE_KB`:
     the `artlens serve` flags of the same names, for `tiny_app`."""
     out: dict[str, Any] = {}
     for env, key, scale in (("ARTLENS_PIXEL_BUDGET_MPX", "pixel_budget", 1e6),
                             ("ARTLENS_REQUEST_PIXEL_BUDGET_MPX", "request_pixel_budget", 1e6),
-                            ("ARTLENS_BODY_TIMEOUT_S", "body_timeout_s", 1.0)):
+                            ("ARTLENS_BODY_TIMEOUT_S", "body_timeout_s", 1.0),
+                            ("ARTLENS_MIN_UPLOAD_RATE_KB", "min_upload_rate_kb", 1.0)):
         if os.environ.get(env):
             value = float(os.environ[env]) * scale
             out[key] = int(value) if scale != 1.0 else value
