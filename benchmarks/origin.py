@@ -5,7 +5,8 @@
 
 Every AI family and every human kind of the recipe's data is held out in turn; a head fitted on
 the rest scores it (artlens.train.origin.leave_one_group_out). Printed per group, in one run:
-- old: the plain probe the default model shipped before (all 2816 features, every source, P >= 0.5);
+- old: the plain probe the default model shipped first (all 2816 features, every source, P >= 0.5);
+- prev: the recipe shipped before this one (block-9 patch means, every group, its own band);
 - new: the recipe's choice (features and weight decay chosen on these same out-of-group numbers),
   at P >= 0.5 and with its band (P >= accept: `ai`; between reject and accept: `unsure`).
 Then the same for each WikiArt style held out on its own (a new kind of painting, other painting
@@ -26,6 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 OLD = {"blocks": ["all"], "weight_decay": 1e-2}
+PREV = {"blocks": ["block9"], "weight_decay": 1e-1}  # shipped 2026-12-05: every group, held out in turn
 
 
 def main(argv=None) -> int:
@@ -37,7 +39,8 @@ def main(argv=None) -> int:
 
     from artlens.train.config import load_recipe
     from artlens.train.data import prepare
-    from artlens.train.origin import (leave_one_group_out, operating_point, origin_groups, select_recipe)
+    from artlens.train.origin import (GroupValidation, leave_one_group_out, operating_point, origin_content,
+                                      origin_groups, origin_temperature, select_recipe)
     from artlens.train.probe import embed_rows
 
     t0 = time.perf_counter()
@@ -50,15 +53,25 @@ def main(argv=None) -> int:
     X, df, groups = X[have], df[have].reset_index(drop=True), groups[have].astype(str)
     Z = (X - X.mean(0)) / np.maximum(X.std(0), 1e-6)
     is_ai = np.char.startswith(groups, "ai:")
+    content = origin_content(df)
     print(f"{len(df)} images, {len(set(groups))} groups, embedded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     ocfg = recipe["origin"]
     new, candidates, v_new = select_recipe(Z, is_ai, groups, ocfg.get("candidates"), max_fpr=float(ocfg["max_fpr"]),
-                                           cap=args.cap)
+                                           cap=args.cap, content=content)
     v_old = leave_one_group_out(Z, is_ai, groups, OLD, cap=args.cap)
+    v_prev = leave_one_group_out(Z, is_ai, groups, PREV, cap=args.cap)
     reject = ocfg.get("reject")
-    op = operating_point(v_new, float(ocfg["max_fpr"]), float(ocfg["max_unsure"]),
-                         reject=None if reject is None else float(reject))
+
+    def band(v):  # as artlens.train.origin.add_origin: calibrated on the out-of-group scores, then the band
+        v = GroupValidation(v.recipe, v.scores / origin_temperature(v), v.groups, v.is_ai, v.table)
+        return operating_point(v, float(ocfg["max_fpr"]), float(ocfg["max_unsure"]),
+                               reject=None if reject is None else float(reject))
+
+    op, op_prev = band(v_new), band(v_prev)
+    # the new band's accept threshold on the raw (uncalibrated) scores, for heads refitted below
+    t_new = origin_temperature(v_new)
+    accept_raw = float(1 / (1 + np.exp(-np.log(op["accept"] / (1 - op["accept"])) * t_new))) if op["accept"] < 1 else 1.0
 
     # Finer human kinds: each WikiArt style held out alone (the other styles stay in training).
     styles = df["style"].where(df["kind"].eq("painting")) if "style" in df and "kind" in df else None
@@ -68,30 +81,36 @@ def main(argv=None) -> int:
         fine[m] = "human:painting/" + styles[m].astype(str).to_numpy()
     held = sorted({g for g in fine if g.startswith("human:painting/")})
     s_old = leave_one_group_out(Z, is_ai, fine, OLD, held=held, cap=args.cap) if held else None
-    s_new = leave_one_group_out(Z, is_ai, fine, new, held=held, cap=args.cap) if held else None
+    s_new = leave_one_group_out(Z, is_ai, fine, new, held=held, cap=args.cap, content=content) if held else None
 
     print("\nCandidates (out-of-group, each family / human kind held out in turn):")
-    print(f"{'features':22s} {'wd':>6s} {'AUC':>6s} {'AI recall@.5':>13s} {'worst human@.5':>15s} "
-          f"{'accept':>8s} {'AI recall@accept':>17s}")
+    print(f"{'features':22s} {'trained on':>10s} {'wd':>6s} {'AUC':>6s} {'AI recall@.5':>13s} {'worst human@.5':>15s} "
+          f"{'accept*':>8s} {'AI recall@accept':>17s}  (*uncalibrated P)")
     for c in candidates:
         mark = " <- chosen" if c["recipe"] == new else ""
-        print(f"{'+'.join(c['recipe']['blocks']):22s} {c['recipe']['weight_decay']:6g} {c['auc']:6.3f} "
+        print(f"{'+'.join(c['recipe']['blocks']):22s} {c['recipe'].get('train', 'groups'):>10s} {c['recipe']['weight_decay']:6g} {c['auc']:6.3f} "
               f"{c['mean_ai_recall']:13.3f} {c['max_human_called_ai']:15.3f} {c['accept']:8.4f} "
               f"{c['mean_ai_recall_at_accept']:17.3f}{mark}")
 
-    r_old, r_new, r_band = v_old.rates(0.5), v_new.rates(0.5), op["validation"]
-    print(f"\nShare called AI when held out. old = plain probe, all features, P >= 0.5; new = "
-          f"{'+'.join(new['blocks'])} wd {new['weight_decay']:g}; band: ai at P >= {op['accept']:.4f}, "
-          f"human at <= {op['reject']:.4f}")
-    print(f"{'held-out group':30s} {'n':>6s} {'old@.5':>7s} {'new@.5':>7s} {'new: ai':>8s} {'unsure':>7s}")
+    r_old, r_new, r_band, r_prev = v_old.rates(0.5), v_new.rates(0.5), op["validation"], op_prev["validation"]
+    print(f"\nShare called AI by a head that never saw the group. old = plain probe, all features, P >= 0.5; "
+          f"prev = block9 wd 0.1 over every other group, its band (ai at P >= {op_prev['accept']:.4f}); new = "
+          f"{'+'.join(new['blocks'])} wd {new['weight_decay']:g} trained on {new.get('train', 'groups')}; "
+          f"band: ai at P >= {op['accept']:.4f}, human at <= {op['reject']:.4f}")
+    print(f"{'held-out group':30s} {'n':>6s} {'old@.5':>7s} {'prev: ai':>9s} {'unsure':>7s} {'new@.5':>7s} "
+          f"{'new: ai':>8s} {'unsure':>7s}")
     for part in ("ai:", "human:"):
         for g in sorted(k for k in r_old if k.startswith(part)):
-            print(f"{g:30s} {int(np.sum(groups == g)):6d} {r_old[g]:7.3f} {r_new[g]:7.3f} "
-                  f"{r_band[g]['called_ai']:8.3f} {r_band[g]['unsure']:7.3f}")
+            print(f"{g:30s} {int(np.sum(groups == g)):6d} {r_old[g]:7.3f} {r_prev[g]['called_ai']:9.3f} "
+                  f"{r_prev[g]['unsure']:7.3f} {r_new[g]:7.3f} {r_band[g]['called_ai']:8.3f} {r_band[g]['unsure']:7.3f}")
     ai_g = [g for g in r_old if g.startswith("ai:")]
     hu_g = [g for g in r_old if g.startswith("human:")]
     summary = {
         "old": {"auc": round(v_old.auc(), 4), "mean_ai_recall": _mean(r_old, ai_g), "max_human_called_ai": _max(r_old, hu_g)},
+        "prev band": {"auc": round(v_prev.auc(), 4),
+                      "mean_ai_recall": _mean({g: r_prev[g]["called_ai"] for g in ai_g}, ai_g),
+                      "max_human_called_ai": _max({g: r_prev[g]["called_ai"] for g in hu_g}, hu_g),
+                      "max_unsure": round(max(r["unsure"] for r in r_prev.values()), 4)},
         "new@0.5": {"auc": round(v_new.auc(), 4), "mean_ai_recall": _mean(r_new, ai_g), "max_human_called_ai": _max(r_new, hu_g)},
         "new band": {"mean_ai_recall": _mean({g: r_band[g]["called_ai"] for g in ai_g}, ai_g),
                      "max_human_called_ai": _max({g: r_band[g]["called_ai"] for g in hu_g}, hu_g),
@@ -101,7 +120,7 @@ def main(argv=None) -> int:
         print(f"{k:10s} " + ", ".join(f"{a} {b}" for a, b in s.items()))
 
     if held:
-        band_rates = s_new.rates(op["accept"])
+        band_rates = s_new.rates(accept_raw)
         print("\nEach WikiArt style held out alone: share called AI")
         print(f"{'held-out style':36s} {'n':>6s} {'old@.5':>7s} {'new@.5':>7s} {'new: ai':>8s}")
         so, sn = s_old.rates(0.5), s_new.rates(0.5)
@@ -113,26 +132,25 @@ def main(argv=None) -> int:
     # Seen families, unseen artists: AI images whose `artist` is held out (5 artist-grouped folds).
     art = df["artist"].fillna("").astype(str).to_numpy() if "artist" in df else np.full(len(df), "")
     if np.sum(is_ai & (art != "")) >= 50:
-        ua = unseen_artist_recall(Z, is_ai, groups, art, new, op["accept"], args.cap)
+        ua = unseen_artist_recall(Z, is_ai, groups, art, new, accept_raw, args.cap, content)
         print("\nAI images of artists held out (5 artist-grouped folds): share called AI")
         for g, r in ua.items():
             print(f"{g:30s} n {r['n']:5d}  at 0.5 {r['at_0.5']:.3f}  band `ai` {r['band_ai']:.3f}")
         summary["unseen_artists"] = ua
     print(f"\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.json:
-        out = {"recipe_chosen": new, "candidates": [{k: v for k, v in c.items() if k != "table"} for c in candidates], "operating_point": op, "summary": summary,
+        out = {"recipe_chosen": new, "prev_operating_point": op_prev, "candidates": [{k: v for k, v in c.items() if k != "table"} for c in candidates], "operating_point": op, "summary": summary,
                "old_at_0.5": r_old, "new_at_0.5": r_new}
         args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
     return 0
 
 
-def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap) -> dict:
+def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap, content) -> dict:
     from sklearn.model_selection import GroupKFold
 
-    from artlens.train.origin import block_mask, fit_binary, group_weights
+    from artlens.train.origin import fit_head
 
     rng = np.random.default_rng(0)
-    cols = block_mask(Z.shape[1], recipe["blocks"])
     idx = np.nonzero(is_ai & (art != ""))[0]
     z = np.full(len(groups), np.nan)
     for _, te_i in GroupKFold(5).split(idx, groups=art[idx]):
@@ -141,7 +159,9 @@ def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap) -> dict:
         use = np.zeros(len(groups), bool)
         for g in sorted(set(groups[~te])):
             use[rng.permutation(np.nonzero(~te & (groups == g))[0])[:cap]] = True
-        w, b = fit_binary(Z[use], is_ai[use], group_weights(groups[use], is_ai[use]), recipe["weight_decay"], cols)
+        if recipe.get("train") == "pairs":  # every pair whose artist is not held out
+            use = ~te
+        w, b = fit_head(Z, is_ai, groups, recipe, use, content)
         z[te] = Z[te] @ w + b
     z_acc = np.log(accept / (1 - accept)) if accept < 1 else np.inf
     return {g: {"n": int(np.sum(m)), "at_0.5": round(float(np.mean(z[m] >= 0)), 4),

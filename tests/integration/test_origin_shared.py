@@ -1,4 +1,6 @@
-"""Origin trained by groups on a small slice of ../shared: scan -> embed -> add_origin -> predict."""
+"""Origin on a small slice of ../shared: scan -> embed -> add_origin (trained by groups, or on
+content-matched pairs: FLUX "style of <artist>" tiles beside those artists' WikiArt paintings) ->
+predict."""
 
 from __future__ import annotations
 
@@ -25,16 +27,34 @@ def test_origin_end_to_end_on_shared_slice(shared_datasets, clip_weights, tmp_pa
         frames.append(m)
     df = pd.concat(frames, ignore_index=True)
     df = df[df["family"].isin(["flux", "dalle", "sdxl", "ldm"]) | df["origin"].eq("human")]
+    # FLUX tiles of artists that WikiArt has first, and their paintings: the content-matched pairs
+    from artlens.data.taxonomy import artist_slug
+
+    wikiart = sorted((shared_datasets / "wikiart-styles").rglob("*.jpg"))
+    painted = {artist_slug(p.name.split("_")[0]) for p in wikiart}
+    paired = df["artist"].map(lambda a: isinstance(a, str) and artist_slug(a) in painted)
+    df = df.assign(_paired=~paired).sort_values("_paired", kind="stable").drop(columns="_paired")
     key = df["family"].fillna(df["kind"])
     df = df.groupby(key, group_keys=False).head(PER_GROUP).reset_index(drop=True)
+    flux = {artist_slug(a) for a in df.loc[df["family"].eq("flux"), "artist"].dropna()}
+    paintings = [p for p in wikiart if artist_slug(p.name.split("_")[0]) in flux][:PER_GROUP]
+    assert len(paintings) >= 4, "no WikiArt paintings of the FLUX slice's artists"
+    df = pd.concat([df, pd.DataFrame({"path": [str(p) for p in paintings], "origin": "human", "kind": "painting"})],
+                   ignore_index=True)
     vectors, ok, errors = embed_manifest(df, "clip-vit-b16", progress=False)
     assert ok.all() and errors.empty
     model = add_origin(ArtModel.load(default_model_dir()), vectors, df,
-                       {"candidates": [{"blocks": ["block9"], "weight_decay": 0.1}], "cap": None,
+                       {"candidates": [{"blocks": ["block9"], "weight_decay": 0.1},
+                                       {"blocks": ["embedding", "block9"], "weight_decay": 10.0, "train": "pairs"}],
+                        "cap": None,
                         "check": {"jpeg_quality": 70, "scale": 0.75}})
     o = model.config["metrics"]["origin"]
     held = set(o["operating_point"]["validation"])
-    assert {"ai:flux", "ai:dalle", "ai:sdxl", "ai:ldm", "human:pencil sketch"} <= held
+    assert {"ai:flux", "ai:dalle", "ai:sdxl", "ai:ldm", "human:pencil sketch", "human:painting"} <= held
+    # both candidates validated on every group; the pairs one never trained on the photographs
+    assert [c["recipe"].get("train", "groups") for c in o["candidates"]] == ["groups", "pairs"]
+    assert all(set(c["table"]) == held for c in o["candidates"])
+    assert 0 < o["temperature"] and model.task("origin").temperature == pytest.approx(o["temperature"], abs=1e-4)
     assert model.task("family").labels == ["dalle", "flux", "ldm", "sdxl"]
     model.save(tmp_path / "m")
     results = Predictor(tmp_path / "m").predict_paths(list(df["path"][:6]) + [str(tmp_path / "missing.jpg")])

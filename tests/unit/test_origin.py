@@ -172,3 +172,89 @@ def test_leave_one_group_out_is_the_same_in_every_process():
                            env={**os.environ, "PYTHONHASHSEED": seed}) for seed in ("1", "2")]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
     assert runs[0].stdout == runs[1].stdout
+
+
+def _paired_data(seed=0, n=40, artists=6):
+    """Paintings and AI imitations of the same artists differ only in the generation column (0,
+    weak); an unpaired AI family (sdxl) and an unpaired human kind (photo) share their content
+    (column 2, strong), so a head that learns content calls the photographs AI."""
+    rng = np.random.default_rng(seed)
+    rows, X = [], []
+    for a in range(artists):
+        content = rng.normal(0, 2, DIM - 3)
+        for origin, fam, kind in (("human", None, "painting"), ("ai", "flux", None)):
+            x = rng.normal(0, 1, (n, DIM))
+            x[:, 3:] += content
+            x[:, 0] += 1.0 if origin == "ai" else -1.0
+            X.append(x)
+            rows += [{"origin": origin, "family": fam, "kind": kind, "artist": f"Artist {a}"}] * n
+    for origin, fam, kind in (("ai", "sdxl", None), ("human", None, "photo")):
+        x = rng.normal(0, 1, (n * 3, DIM))
+        x[:, 2] += 5.0
+        x[:, 0] += 1.0 if origin == "ai" else -1.0
+        X.append(x)
+        rows += [{"origin": origin, "family": fam, "kind": kind, "artist": None}] * (n * 3)
+    return np.concatenate(X).astype(np.float32), pd.DataFrame(rows)
+
+
+def test_content_pairs_and_their_weights():
+    from artlens.train.origin import content_pairs, origin_content, pair_weights
+
+    df = pd.DataFrame({"origin": ["human", "human", "ai", "ai", "ai", "human"],
+                       "artist": [None, None, "Claude Monet", "Monet, Claude", "Frida Kahlo", None],
+                       "path": ["w/claude-monet_water-lilies.jpg", "w/claude-monet_haystacks.jpg", "a/1.jpg", "a/2.jpg",
+                                "a/3.jpg", "photos/x.jpg"]})
+    content = origin_content(df)
+    assert list(content[:5]) == ["claude-monet"] * 4 + ["frida-kahlo"]
+    is_ai = df["origin"].eq("ai").to_numpy()
+    pairs = content_pairs(content, is_ai)
+    assert list(pairs) == [True, True, True, True, False, False]  # Kahlo has no painting here
+    w = pair_weights(content[pairs], is_ai[pairs])
+    assert w[:2].sum() == pytest.approx(1.0) and w[2:].sum() == pytest.approx(1.0)
+
+
+def test_pairs_recipe_learns_how_made_not_content():
+    from artlens.train.origin import origin_content, pairs_validation, select_recipe
+
+    X, df = _paired_data()
+    g = origin_groups(df).astype(str)
+    is_ai = np.char.startswith(g, "ai:")
+    content = origin_content(df)
+    pairs = {"blocks": ["all"], "weight_decay": 1e-2, "train": "pairs"}
+    groups = {"blocks": ["all"], "weight_decay": 1e-2}
+    vp = pairs_validation(X, is_ai, g, content, pairs)
+    vg = leave_one_group_out(X, is_ai, g, groups)
+    # the photographs were never in the pairs: the pairs head calls few of them AI, while the
+    # head trained on every other group learned "column 2 = AI" from sdxl
+    assert vp.table["human:photo"]["called_ai"] < 0.3 < vg.table["human:photo"]["called_ai"]
+    assert vp.table["ai:sdxl"]["called_ai"] > 0.6
+    assert vp.auc() > vg.auc()
+    # every row is scored out of sample (paired rows by artist-grouped folds)
+    assert len(vp.scores) == len(g)
+    chosen, results, _ = select_recipe(X, is_ai, g, [groups, pairs], content=content)
+    assert chosen == pairs and len(results) == 2
+    # without content keys the pairs candidate is skipped, not fatal
+    chosen, results, _ = select_recipe(X, is_ai, g, [groups, pairs])
+    assert chosen == groups and len(results) == 1
+
+
+def test_add_origin_with_a_pairs_recipe_ships_an_ordinary_head():
+    X, df = _paired_data()
+    model = add_origin(_model(), X, df, {"candidates": [{"blocks": ["all"], "weight_decay": 1e-2, "train": "pairs"}],
+                                         "family": False})
+    origin = model.config["metrics"]["origin"]
+    assert origin["recipe"]["train"] == "pairs"
+    assert model.tensors["heads.origin.0.weight"].shape == (2, DIM)
+    band = next(t for t in model.tasks if t.name == "origin").band
+    assert 0.5 <= band["accept"] < 1
+
+
+def test_origin_temperature_undoes_a_squeezed_scale_with_groups_weighed_equally():
+    from artlens.train.origin import GroupValidation, origin_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 6000)  # true logits
+    y = rng.random(6000) < 1 / (1 + np.exp(-z))
+    groups = np.where(y, np.where(rng.random(6000) < 0.9, "ai:big", "ai:small"), "human:x")
+    v = GroupValidation({}, (z / 4).astype(np.float32), groups, y)  # a head that says 4x too little
+    assert origin_temperature(v) == pytest.approx(0.25, rel=0.15)

@@ -57,3 +57,15 @@ def test_relative_data_paths_resolve_from_the_repo_root(tmp_path):
 def test_shipped_recipes_load(path):
     r = load_recipe(path)
     assert r["tasks"] and r["data"]["sources"]
+
+
+
+def test_origin_candidates_are_checked():
+    def load(c):
+        return load_recipe(None, {"origin.candidates": [c]})
+
+    with pytest.raises(RecipeError, match="origin.candidates"):
+        load({"blocks": ["block9"], "weight_decay": 0.1, "train": "pair"})
+    with pytest.raises(RecipeError, match="origin.candidates"):
+        load({"blocks": "block9", "weight_decay": 0.1})
+    assert load({"blocks": ["block9"], "weight_decay": 0.1, "train": "pairs"})["origin"]["candidates"][0]["train"] == "pairs"

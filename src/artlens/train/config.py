@@ -100,7 +100,8 @@ DEFAULTS: dict[str, Any] = {
     # `enabled` and give rows `origin` plus `family` (AI) / `kind` (human) columns.
     "origin": {
         "enabled": False,
-        "candidates": None,  # [{blocks: [block9], weight_decay: 0.1}, ...]; null: the built-in list
+        # [{blocks: [block9], weight_decay: 0.1, train: groups | pairs}, ...]; null: the built-in list
+        "candidates": None,
         "max_fpr": 0.02,  # at most this share of each held-out human kind called AI
         "reject": 0.5,  # P(ai) at or under which the answer is `human`; null: set by max_unsure
         "max_unsure": 0.2,  # with reject null: at most this share of any held-out group unsure
@@ -306,6 +307,11 @@ def validate(recipe: dict) -> None:
     for c in recipe["probe"]["candidates"]:
         if not isinstance(c, dict) or c.get("type", "linear") not in ("linear", "mlp"):
             raise RecipeError(f"probe.candidates: each needs type linear or mlp, got {c!r}")
+    for c in recipe["origin"]["candidates"] or []:
+        if (not isinstance(c, dict) or not isinstance(c.get("blocks"), list)
+                or not isinstance(c.get("weight_decay"), (int, float)) or c.get("train", "groups") not in ("groups", "pairs")):
+            raise RecipeError(f"origin.candidates: each needs blocks (a list), weight_decay (a number) and "
+                              f"train groups or pairs, got {c!r}")
     for key in ("val", "test"):
         if not 0.0 <= float(recipe["data"]["split"][key]) < 1.0:
             raise RecipeError(f"data.split.{key} must be a fraction in [0, 1)")

@@ -15,6 +15,11 @@ by groups, never by a random split:
 - The operating point is a band: P(ai) >= `accept` says `ai`, <= `reject` says `human`, between
   is `unsure` (see `TaskConfig.band`). `accept` keeps every held-out human kind under `max_fpr`
   called AI; `reject` (0.5 by default) leaves weak evidence `unsure` instead of `human`.
+- A recipe with `train: pairs` learns only from content-matched pairs: AI images made to imitate an
+  artist ("style of <artist>") beside that artist's own paintings, each artist and class weighing
+  the same. What separates such a pair is how the image was made, not what it shows; every group
+  outside the pairs is then unseen by construction and scores the head as it is, and the paired
+  rows are scored by artist-grouped folds (`pairs_validation`).
 - A family head (multinomial, over AI rows) says which generator family an AI image resembles.
 """
 
@@ -41,6 +46,7 @@ DEFAULT_CANDIDATES = [
     {"blocks": ["block9"], "weight_decay": 1e-1},
 ]
 UNKNOWN_FAMILY = "unknown"  # a generator the source could not name: no family class
+PAIR_FOLDS = 5  # artist-grouped folds that score the paired rows of a `train: pairs` recipe
 
 
 def origin_groups(df) -> np.ndarray:
@@ -66,6 +72,50 @@ def _col(df, name: str) -> list:
     if name not in df.columns:
         return [None] * len(df)
     return [v if isinstance(v, str) and v.strip() else None for v in df[name].tolist()]
+
+
+def origin_content(df) -> np.ndarray:
+    """Per row, what it depicts as a pairing key: the artist's slug (an AI image's imitated artist,
+    a WikiArt painting's artist from its file name); None when unknown."""
+    from artlens.data.taxonomy import artist_slug, wikiart_name_fields
+
+    art = _col(df, "artist")
+    if "path" in df.columns and any(a is None for a in art):
+        named = wikiart_name_fields(df["path"], "artist")
+        art = [a if a is not None else n for a, n in zip(art, named)]
+    return np.array([artist_slug(a) if a else None for a in art], dtype=object)
+
+
+def content_pairs(content: np.ndarray, is_ai: np.ndarray) -> np.ndarray:
+    """Rows whose content key occurs in both classes (an artist's paintings and AI imitations)."""
+    known = np.array([c is not None for c in content])
+    both = set(content[known & is_ai]) & set(content[known & ~is_ai])
+    return known & np.isin(content, list(both))
+
+
+def pair_weights(content: np.ndarray, is_ai: np.ndarray) -> np.ndarray:
+    """Each (content, class) cell the same total weight."""
+    key = np.array([f"{c}|{int(a)}" for c, a in zip(content, is_ai)])
+    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inv]
+
+
+def fit_head(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, recipe: dict, rows: np.ndarray,
+             content: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+    """The recipe's origin head fitted on `rows` (bool): every group balanced, or with `train: pairs`
+    only the content-matched pairs among them. None when a class is missing."""
+    if recipe.get("train", "groups") == "pairs":
+        if content is None:
+            raise ValueError("origin: a `train: pairs` recipe needs content keys (artists) per row")
+        rows = rows & content_pairs(np.where(rows, content, None), is_ai)
+        if len(set(is_ai[rows])) < 2:
+            return None
+        w = pair_weights(content[rows], is_ai[rows])
+    else:
+        if len(set(is_ai[rows])) < 2:
+            return None
+        w = group_weights(groups[rows], is_ai[rows])
+    return fit_binary(Z[rows], is_ai[rows], w, recipe["weight_decay"], block_mask(Z.shape[1], recipe["blocks"]))
 
 
 def group_weights(groups: np.ndarray, is_ai: np.ndarray) -> np.ndarray:
@@ -150,42 +200,82 @@ def _logit(p: float) -> float:
 
 def leave_one_group_out(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, recipe: dict,
                         held: list[str] | None = None, cap: int | None = 1500, seed: int = 0,
-                        progress=None) -> GroupValidation:
+                        progress=None, content: np.ndarray | None = None) -> GroupValidation:
     """Score every row of the `held` groups (default: all) with a head fitted on the other groups.
-    `cap` rows per group at most in each fit (the weights already balance groups)."""
+    `cap` rows per group at most in each fit (the weights already balance groups; a pairs recipe
+    uses all its pairs)."""
     rng = np.random.default_rng(seed)
     use = np.ones(len(groups), bool)
-    if cap:
+    if cap and recipe.get("train", "groups") != "pairs":
         use[:] = False
         for g in sorted(set(groups)):
             idx = np.nonzero(groups == g)[0]
             use[rng.permutation(idx)[:cap]] = True
-    cols = block_mask(Z.shape[1], recipe["blocks"])
     scores = np.full(len(groups), np.nan, np.float32)
     held = sorted(set(groups)) if held is None else held
     for n, g in enumerate(held):
         out = groups == g
-        tr = use & ~out
-        if len(set(is_ai[tr])) < 2:
+        head = fit_head(Z, is_ai, groups, recipe, use & ~out, content)
+        if head is None:
             continue
-        w, b = fit_binary(Z[tr], is_ai[tr], group_weights(groups[tr], is_ai[tr]), recipe["weight_decay"], cols)
-        scores[out] = Z[out] @ w + b
+        scores[out] = Z[out] @ head[0] + head[1]
         if progress:
             progress(n + 1, len(held), g)
+    return _validation(recipe, scores, groups, is_ai)
+
+
+def _validation(recipe: dict, scores: np.ndarray, groups: np.ndarray, is_ai: np.ndarray) -> GroupValidation:
     done = ~np.isnan(scores)
     v = GroupValidation(recipe, scores[done], groups[done], is_ai[done])
     v.table = {g: {"n": int(np.sum(v.groups == g)), "called_ai": round(r, 4)} for g, r in v.rates(0.5).items()}
     return v
 
 
+def pairs_validation(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, content: np.ndarray, recipe: dict,
+                     folds: int = PAIR_FOLDS, progress=None) -> GroupValidation:
+    """Out-of-sample scores of a `train: pairs` recipe: rows outside the pairs (every other family and
+    human kind, every unpaired painting) by the head fitted on all pairs, which never saw them; the
+    paired rows by `folds` artist-grouped folds (an artist's paintings and imitations together)."""
+    from sklearn.model_selection import GroupKFold
+
+    pairs = content_pairs(content, is_ai)
+    scores = np.full(len(groups), np.nan, np.float32)
+    head = fit_head(Z, is_ai, groups, recipe, np.ones(len(groups), bool), content)
+    if head is None:
+        raise ValueError("origin: a `train: pairs` recipe needs artists with both paintings and AI imitations")
+    scores[~pairs] = Z[~pairs] @ head[0] + head[1]
+    idx = np.nonzero(pairs)[0]
+    n_folds = min(folds, len(set(content[idx])))
+    for k, (tr_i, te_i) in enumerate(GroupKFold(n_folds).split(idx, groups=content[idx].astype(str))):
+        rows = np.zeros(len(groups), bool)
+        rows[idx[tr_i]] = True
+        fold = fit_head(Z, is_ai, groups, recipe, rows, content)
+        if fold is not None:
+            scores[idx[te_i]] = Z[idx[te_i]] @ fold[0] + fold[1]
+        if progress:
+            progress(k + 1, n_folds, "pairs")
+    return _validation(recipe, scores, groups, is_ai)
+
+
+def validate(Z, is_ai, groups, recipe: dict, content: np.ndarray | None = None, **kw) -> GroupValidation:
+    """A candidate's out-of-group scores: pairs recipes by `pairs_validation`, the others by
+    `leave_one_group_out`."""
+    if recipe.get("train", "groups") == "pairs":
+        return pairs_validation(Z, is_ai, groups, content, recipe, progress=kw.get("progress"))
+    return leave_one_group_out(Z, is_ai, groups, recipe, content=content, **kw)
+
+
 def select_recipe(Z, is_ai, groups, candidates: list[dict] | None = None, max_fpr: float = 0.02,
-                  **kw) -> tuple[dict, list[dict], GroupValidation]:
+                  content: np.ndarray | None = None, **kw) -> tuple[dict, list[dict], GroupValidation]:
     """The candidate whose held-out families are most often called AI at its own operating point
     (at most `max_fpr` of each held-out human kind called AI); ties go to the out-of-group AUC.
     Returns the recipe, every candidate's numbers and the chosen one's validation."""
     results, runs = [], []
     for c in candidates or DEFAULT_CANDIDATES:
-        v = leave_one_group_out(Z, is_ai, groups, c, **kw)
+        if c.get("train", "groups") == "pairs" and (content is None or not content_pairs(content, is_ai).any()):
+            log.info("origin candidate %s skipped: no artist has both paintings and AI imitations", c)
+            continue
+        v = validate(Z, is_ai, groups, c, content=content, **kw)
         runs.append(v)
         fpr = [r["called_ai"] for g, r in v.table.items() if g.startswith("human:")]
         rec = [r["called_ai"] for g, r in v.table.items() if g.startswith("ai:")]
@@ -196,6 +286,9 @@ def select_recipe(Z, is_ai, groups, candidates: list[dict] | None = None, max_fp
                         "accept": op["accept"], "mean_ai_recall_at_accept": round(float(np.mean(rec_op)), 4),
                         "table": v.table})
         log.info("origin candidate %s: %s", c, {k: v_ for k, v_ in results[-1].items() if k != "table"})
+    if not results:
+        raise ValueError("origin: no candidate recipe could be validated (pairs recipes need artists with both "
+                         "paintings and AI imitations)")
     best = max(range(len(results)), key=lambda i: (results[i]["mean_ai_recall_at_accept"], results[i]["auc"]))
     return results[best]["recipe"], results, runs[best]
 
@@ -241,6 +334,22 @@ def operating_point(v: GroupValidation, max_fpr: float = 0.02, max_unsure: float
     }
 
 
+def origin_temperature(v: GroupValidation, per_group: int = 500, seed: int = 0) -> float:
+    """The temperature that calibrates P(ai) on the out-of-group scores, every group the same
+    number of rows (`per_group`, drawn with replacement from a smaller group), so the probability a user sees is right on average over
+    families and kinds the head never saw (a strongly regularised head's raw P(ai) hugs 0.5)."""
+    from artlens.train.calibrate import fit_temperature
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in sorted(set(v.groups)):
+        idx = np.nonzero(v.groups == g)[0]
+        rows.append(rng.choice(idx, per_group, replace=len(idx) < per_group))
+    rows = np.concatenate(rows)
+    s = v.scores[rows].astype(np.float64)
+    return fit_temperature(np.stack([-s / 2, s / 2], axis=1), v.is_ai[rows].astype(int))
+
+
 def fit_family(Z: np.ndarray, families: np.ndarray, weight_decay: float = 1e-2, folds: int = 5,
                seed: int = 0, content: np.ndarray | None = None) -> dict[str, Any]:
     """Multinomial head over AI rows' families (`unknown` left out): weights, bias, labels, a
@@ -251,7 +360,7 @@ def fit_family(Z: np.ndarray, families: np.ndarray, weight_decay: float = 1e-2, 
     from sklearn.model_selection import StratifiedGroupKFold
 
     from artlens.train.calibrate import fit_temperature
-    from artlens.train.probe import _logits, fit_linear
+    from artlens.train.fitting import _logits, fit_linear
 
     keep = np.array([isinstance(f, str) and f != UNKNOWN_FAMILY for f in families])
     labels = sorted(set(families[keep]))
@@ -296,29 +405,32 @@ def add_origin(model, X: np.ndarray, df, cfg: dict, progress=None):
     is_ai = np.char.startswith(groups, "ai:")
     kw = {"cap": cfg.get("cap", 1500), "progress": progress}
     max_fpr = float(cfg.get("max_fpr", 0.02))
-    recipe, candidates, v = select_recipe(Z, is_ai, groups, cfg.get("candidates"), max_fpr=max_fpr, **kw)
+    content = origin_content(df)[have]
+    recipe, candidates, v = select_recipe(Z, is_ai, groups, cfg.get("candidates"), max_fpr=max_fpr, content=content, **kw)
+    temperature = origin_temperature(v)
+    v = GroupValidation(v.recipe, v.scores / temperature, v.groups, v.is_ai, v.table)
     reject = cfg.get("reject", 0.5)
     op = operating_point(v, max_fpr, float(cfg.get("max_unsure", 0.2)), reject=None if reject is None else float(reject))
-    w, b = fit_binary(Z, is_ai, group_weights(groups, is_ai), recipe["weight_decay"],
-                      block_mask(Z.shape[1], recipe["blocks"]))
+    w, b = fit_head(Z, is_ai, groups, recipe, np.ones(len(groups), bool), content)
     band = {"label": "ai", "accept": op["accept"], "reject": op["reject"]}
     if cfg.get("check"):
         band["check"] = {"jpeg_quality": int(cfg["check"]["jpeg_quality"]), "scale": float(cfg["check"]["scale"])}
     tasks = [t for t in model.tasks if t.name not in ("origin", "family")]
     tensors = {k: v_ for k, v_ in model.tensors.items()
                if not k.startswith(("heads.origin.", "heads.family.", "openset.origin.", "openset.family."))}
-    tasks.append(TaskConfig(name="origin", labels=["human", "ai"], column="origin", band=band))
+    tasks.append(TaskConfig(name="origin", labels=["human", "ai"], column="origin", band=band, temperature=temperature))
     # Two logits +-s/2 give softmax P(ai) = sigmoid(s), s = w.x + b.
     tensors["heads.origin.0.weight"] = np.stack([-w / 2, w / 2]).astype(np.float32)
     tensors["heads.origin.0.bias"] = np.array([-b / 2, b / 2], np.float32)
     metrics = {"recipe": recipe, "candidates": candidates, "auc_out_of_group": round(v.auc(), 4),
+               "temperature": round(temperature, 4),
                "operating_point": op}
     if cfg.get("family", True):
         fam = np.array(_col(df, "family"), dtype=object)[have]
         fam_ai = fam[is_ai]
         if len({f for f in fam_ai if f and f != UNKNOWN_FAMILY}) >= 2:
-            content = np.array([p or a for p, a in zip(_col(df, "prompt"), _col(df, "artist"))], dtype=object)[have]
-            f = fit_family(Z[is_ai], fam_ai, content=content[is_ai])
+            prompts = np.array([p or a for p, a in zip(_col(df, "prompt"), _col(df, "artist"))], dtype=object)[have]
+            f = fit_family(Z[is_ai], fam_ai, content=prompts[is_ai])
             tasks.append(TaskConfig(name="family", labels=f["labels"], column="family", temperature=f["temperature"],
                                     attach={"task": "origin", "when": "ai", "key": "family"}))
             tensors["heads.family.0.weight"] = f["weight"]

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-# `_logits` and `fit_linear` are re-exported for artlens.train.origin, which imports them from here.
-from artlens.train.fitting import _logits, fit_linear, standardisation  # noqa: F401
+from artlens.train.fitting import standardisation
 from artlens.train.search import TaskResult, _describe, train_task
 
 log = logging.getLogger(__name__)
