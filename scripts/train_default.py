@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,11 +55,19 @@ def main(argv=None) -> int:
     prepared = subset(prepared, keep)
     X, prepared, errors, _ = embed_rows(prepared, recipe)
 
-    run_probe(recipe, args.out, prepared=prepared, features=X)
-    model = ArtModel.load(args.out)
-    write_model_card(model, args.out, prepared)
-    # The run's manifest holds this machine's absolute paths: not part of the shipped model.
-    (args.out / "manifest.parquet").unlink(missing_ok=True)
+    # Built beside the shipped folder and moved in file by file at the end: an interrupted run (or
+    # a test reading the shipped model meanwhile) never sees a half-written model.
+    with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=".default-build-") as tmp:
+        build = Path(tmp)
+        run_probe(recipe, build, prepared=prepared, features=X)
+        model = ArtModel.load(build)
+        write_model_card(model, build, prepared)
+        # The run's manifest holds this machine's absolute paths: not part of the shipped model.
+        (build / "manifest.parquet").unlink(missing_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(build.iterdir()):
+            if f.is_file():
+                os.replace(f, args.out / f.name)
     print(f"default model written to {args.out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
