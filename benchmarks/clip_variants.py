@@ -244,7 +244,7 @@ def main() -> None:
     tw = statistics.median(torch_wall)
     print(f"{'torch-fp32 (reference)':34s} {n / tw:7.2f} {base / tw:5.2f}")
     base_cpu = statistics.median(cpu["int8-shipped"])
-    print(f"\nCPU seconds per image on 1 thread (batch 8; less disturbed by other processes)")
+    print("\nCPU seconds per image on 1 thread (batch 8; less disturbed by other processes)")
     for k, v in cpu.items():
         print(f"{k:34s} {statistics.median(v):7.3f} {base_cpu / statistics.median(v):5.2f}")
 

@@ -14,12 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_serve_e2e import _browser, _default_model_ready, _free_port, _full_page_shot, _viewport
+from tests.integration.test_serve_e2e import (_browser, _default_model_ready, _free_port, _full_page_shot, _viewport,
+                                              _wait_healthy)
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "test-output" / "serve-collection-e2e"
@@ -42,8 +42,6 @@ def _museum(shared: Path, root: Path, per_style: int = 3) -> list[Path]:
 
 def _serve(museum: Path, log_path: Path):
     """(process, base URL, stderr text once /healthz answers)."""
-    import httpx
-
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "artlens", "serve", "--collection", str(museum), "--host", "127.0.0.1",
@@ -51,20 +49,12 @@ def _serve(museum: Path, log_path: Path):
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail(f"the server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(f"the server did not answer /healthz within 300 s; see {log_path}")
-        time.sleep(0.5)
+    try:
+        _wait_healthy(proc, base, log_path, 300)
+    except BaseException:
+        _stop(proc)
+        log.close()
+        raise
     log.flush()
     return proc, base, log
 

@@ -36,6 +36,25 @@ def _browser() -> tuple[str, str]:
     return chromium, driver
 
 
+def _wait_healthy(proc, base: str, log_path: Path, seconds: float) -> None:
+    """Until `base`/healthz answers 200; fails the test (log tail included) if the server exits or
+    does not answer within `seconds`."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not answer /healthz within {seconds:g} s; see {log_path}")
+        time.sleep(0.5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,7 +70,6 @@ def _default_model_ready() -> bool:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, which model) of a running server; stopped (by its pid) after the module."""
-    import httpx
 
     if not (REPO.parent / "shared" / "datasets").is_dir() and not os.environ.get("ARTLENS_SHARED"):
         pytest.skip("../shared/datasets is not there")
@@ -76,18 +94,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}; see {OUT / 'server.log'}")
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /healthz within 240 s; see {OUT / 'server.log'}")
-            time.sleep(0.5)
+        _wait_healthy(proc, base, OUT / "server.log", 240)
         yield base, which
     finally:
         proc.terminate()

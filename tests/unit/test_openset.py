@@ -335,7 +335,6 @@ def test_period_folds_hold_out_other_styles_and_periods_of_the_same_artists():
     """The shipped folds: an artist's paintings in a minority style travel to one fold together, and
     its dated paintings go to the folds in contiguous periods (a fold's years never interleave with
     another's); undated paintings are dealt one at a time; unknown artists stay whole."""
-    rng = np.random.default_rng(0)
     rows = []
     for a in range(3):
         for i in range(60):

@@ -7,7 +7,6 @@ import functools
 import io
 import struct
 import threading
-import time
 import zlib
 
 import numpy as np

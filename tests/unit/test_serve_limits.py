@@ -208,16 +208,21 @@ def _stall(port: int, out: list, multipart: bool = True, declared: int = 100_000
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ctype
                   + b"\r\nContent-Length: " + str(declared).encode() + b"\r\n\r\n--")
-        reply = b""
-        try:
-            while b"\r\n" not in reply:
-                more = s.recv(4096)
-                if not more:
-                    break
-                reply += more
-        except OSError:
-            pass
+        reply = _read_reply(s, b"", until=b"\r\n")
     out.append((int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else None, time.monotonic() - t0))
+
+
+def _read_reply(s: socket.socket, reply: bytes, until: bytes | None = None) -> bytes:
+    """`reply` and what the socket sends next, up to `until` (or until it closes or times out)."""
+    try:
+        while until is None or until not in reply:
+            more = s.recv(4096)
+            if not more:
+                break
+            reply += more
+    except OSError:
+        pass
+    return reply
 
 
 def test_stalled_uploads_are_cut_off_and_do_not_block_a_normal_request():
@@ -263,14 +268,7 @@ def _trickle(port: int, out: list, every_s: float = 0.5, declared: int = 100_000
             except OSError:
                 break
         s.settimeout(5)
-        try:
-            while True:
-                more = s.recv(4096)
-                if not more:
-                    break
-                reply += more
-        except OSError:
-            pass
+        reply = _read_reply(s, reply)
     status = int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else None
     out.append((status, time.monotonic() - t0, reply.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")))
 

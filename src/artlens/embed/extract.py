@@ -208,7 +208,6 @@ def embed_manifest(
     the meantime are taken from it instead of computed twice. Finished vectors are written to the
     store every `shard_size` vectors and every `flush_s` seconds (None: only by count and at the end).
     """
-    import pandas as pd
 
     t_start = time.perf_counter()
     df = _as_frame(df)

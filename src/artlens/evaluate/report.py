@@ -227,7 +227,7 @@ def render_html(metrics: dict, out_dir: str | os.PathLike) -> str:
             f'<a href="#{_anchor(t)}">{e(t)}</a>', str(m["n"]), str(m["n_classes"]), _pct(m.get("accuracy")),
             _pct(m.get("balanced_accuracy")), _num(m.get("macro_f1")), _num(m.get("ece")), _pct(m.get("coverage")),
         ])
-    body = [f'<section id="summary"><h2>Summary</h2>'
+    body = ['<section id="summary"><h2>Summary</h2>'
             + _table(["task", "images", "classes", "accuracy", "balanced acc.", "macro F1", "ECE", "coverage"], summary_rows)]
     for note in ([data["note"]] if data.get("note") else []) + list(metrics.get("warnings") or []):
         body.append(f'<p class="note">{e(note)}</p>')
