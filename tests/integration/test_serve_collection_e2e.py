@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_serve_e2e import (_browser, _default_model_ready, _free_port, _full_page_shot, _viewport,
-                                              _wait_healthy)
+from tests.integration.test_serve_e2e import (_browser, _default_model_ready, _free_port, _full_page_shot, _stop,
+                                              _viewport, _wait_healthy)
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "test-output" / "serve-collection-e2e"
@@ -57,15 +57,6 @@ def _serve(museum: Path, log_path: Path):
         raise
     log.flush()
     return proc, base, log
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def test_page_shows_the_collection_neighbours(shared_datasets, clip_weights, tmp_path):

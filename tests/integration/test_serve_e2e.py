@@ -55,6 +55,15 @@ def _wait_healthy(proc, base: str, log_path: Path, seconds: float) -> None:
         time.sleep(0.5)
 
 
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,12 +106,7 @@ def server(tmp_path_factory):
         _wait_healthy(proc, base, OUT / "server.log", 240)
         yield base, which
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
 
 
