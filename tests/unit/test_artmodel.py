@@ -93,10 +93,11 @@ def test_refuses_unknown_tensor_and_format(tmp_path):
         ArtModel(cfg, {k: v for k, v in m.tensors.items() if k != "evil.tensor"})
 
 
-def test_background_logits_are_stored_at_half_precision(tmp_path):
-    """Only the open-set background weights go to disk as float16 (the shipped model stays small);
-    they load back as float32, every other tensor bit for bit."""
-    from safetensors.numpy import load_file
+def test_background_logits_are_stored_as_int8_rows(tmp_path):
+    """Only the open-set background weights go to disk as int8 with a scale per row (the shipped
+    model stays small); they load back as float32 within half a step, every other tensor bit for
+    bit; a crafted int8 tensor without a valid scale is one error naming it."""
+    from safetensors.numpy import load_file, save_file
 
     m = _model()
     rng = np.random.default_rng(0)
@@ -105,10 +106,19 @@ def test_background_logits_are_stored_at_half_precision(tmp_path):
     m.tensors["openset.style.background.bias"] = rng.normal(size=40).astype(np.float32)
     ArtModel.save(m, tmp_path / "m")
     on_disk = load_file(tmp_path / "m" / "model.safetensors")
-    assert {k for k, v in on_disk.items() if v.dtype == np.float16} == {"openset.style.background.weight"}
+    assert {k for k, v in on_disk.items() if v.dtype == np.int8} == {"openset.style.background.weight"}
+    assert on_disk["openset.style.background.weight_scale"].shape == (40,)
     back = ArtModel.load(tmp_path / "m")
-    assert back.tensors["openset.style.background.weight"].dtype == np.float32
-    np.testing.assert_allclose(back.tensors["openset.style.background.weight"], bg, rtol=1e-3)
+    w = back.tensors["openset.style.background.weight"]
+    assert w.dtype == np.float32 and "openset.style.background.weight_scale" not in back.tensors
+    step = np.abs(bg).max(1, keepdims=True) / 127
+    assert np.all(np.abs(w - bg) <= step / 2 + 1e-7)
     for k, v in m.tensors.items():
         if k != "openset.style.background.weight":
             np.testing.assert_array_equal(back.tensors[k], v)
+    for bad in ({}, {"openset.style.background.weight_scale": -on_disk["openset.style.background.weight_scale"]},
+                {"openset.style.background.weight_scale": np.ones(3, np.float32)}):
+        crafted = {k: v for k, v in on_disk.items() if k != "openset.style.background.weight_scale"} | bad
+        save_file(crafted, tmp_path / "m" / "model.safetensors")
+        with pytest.raises(ModelFormatError, match="background.weight is int8 without a valid"):
+            ArtModel.load(tmp_path / "m")

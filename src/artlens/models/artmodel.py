@@ -346,8 +346,13 @@ class ArtModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config["tasks"] = [asdict(t) for t in self.tasks]
-        blob = save({k: np.ascontiguousarray(v.astype(np.float16) if _stored_half(k) else v) for k, v in self.tensors.items()},
-                    metadata={"format": FORMAT})
+        stored: dict[str, np.ndarray] = {}
+        for k, v in self.tensors.items():
+            if _stored_int8(k):
+                stored[k], stored[k + SCALE_SUFFIX] = _quantize_rows(v)
+            else:
+                stored[k] = np.ascontiguousarray(v)
+        blob = save(stored, metadata={"format": FORMAT})
         atomic_write_bytes(directory / WEIGHTS_NAME, blob)
         atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=False) + "\n")
         return directory
@@ -374,9 +379,9 @@ class ArtModel:
             raise ModelFormatError(f"{cfg_path}: expected an object with a list of tasks")
         try:
             tensors = load(w_path.read_bytes())
-            tensors = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in tensors.items()}
         except (SafetensorError, ValueError, OSError) as exc:
             raise ModelFormatError(f"{w_path}: not a valid safetensors file ({exc})") from None
+        tensors = _dequantize(tensors, w_path)
         try:
             return cls(config, tensors)
         except ModelFormatError as exc:
@@ -424,11 +429,42 @@ def _valid_band(task: str, band: Any, labels: list[str]) -> dict:
     return {**band, "accept": accept, "reject": reject}
 
 
-def _stored_half(key: str) -> bool:
-    """Tensors written at half precision: the artist task's background logits (one row of 2816 per
-    kept-out artist, 2.7 MB in float32) only feed a score compared with a threshold; half precision
-    keeps the shipped model under 2 MB. Loading turns them back into float32."""
+SCALE_SUFFIX = "_scale"  # `<key>_scale`: the per-row float32 scale of an int8-stored tensor
+
+
+def _stored_int8(key: str) -> bool:
+    """Tensors written as int8 with one float32 scale per row: the open-set background logits (one
+    row of 2816 per kept-out artist; 3.7 MB in float32) only feed a score compared with a threshold,
+    and on the shipped model's 7,809 paintings int8 rows move that score by at most 0.0015 and flip
+    no answer. Loading turns them back into float32."""
     return key.startswith("openset.") and key.endswith(".background.weight")
+
+
+def _quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(w, np.float32)
+    scale = np.abs(w).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q), scale.astype(np.float32)
+
+
+def _dequantize(tensors: dict[str, np.ndarray], where: Path) -> dict[str, np.ndarray]:
+    """float32 tensors: float16 ones widened (models written before int8 storage), int8 ones times
+    their `<key>_scale` (checked: one finite positive scale per row)."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(SCALE_SUFFIX) and k[: -len(SCALE_SUFFIX)] in tensors:
+            continue
+        if v.dtype == np.int8:
+            scale = tensors.get(k + SCALE_SUFFIX)
+            if (scale is None or v.ndim != 2 or scale.shape != (v.shape[0],) or scale.dtype != np.float32
+                    or not np.all(np.isfinite(scale)) or not np.all(scale > 0)):
+                raise ModelFormatError(f"{where}: {k} is int8 without a valid {k + SCALE_SUFFIX} "
+                                       f"(one positive float32 per row)")
+            out[k] = v.astype(np.float32) * scale[:, None]
+        else:
+            out[k] = v.astype(np.float32) if v.dtype == np.float16 else v
+    return out
 
 
 def new_config(config: dict[str, Any]) -> dict[str, Any]:
