@@ -39,8 +39,8 @@ def main(argv=None) -> int:
 
     from artlens.train.config import load_recipe
     from artlens.train.data import prepare
-    from artlens.train.origin import (GroupValidation, leave_one_group_out, operating_point, origin_content,
-                                      origin_groups, origin_temperature, select_recipe)
+    from artlens.train.origin import (calibrated_band, leave_one_group_out, origin_content, origin_groups,
+                                      select_recipe)
     from artlens.train.probe import embed_rows
 
     t0 = time.perf_counter()
@@ -61,16 +61,10 @@ def main(argv=None) -> int:
                                            cap=args.cap, content=content)
     v_old = leave_one_group_out(Z, is_ai, groups, OLD, cap=args.cap)
     v_prev = leave_one_group_out(Z, is_ai, groups, PREV, cap=args.cap)
-    reject = ocfg.get("reject")
-
-    def band(v):  # as artlens.train.origin.add_origin: calibrated on the out-of-group scores, then the band
-        v = GroupValidation(v.recipe, v.scores / origin_temperature(v), v.groups, v.is_ai, v.table)
-        return operating_point(v, float(ocfg["max_fpr"]), float(ocfg["max_unsure"]),
-                               reject=None if reject is None else float(reject))
-
-    op, op_prev = band(v_new), band(v_prev)
+    # the shipped band: calibrated on the out-of-group scores (as artlens.train.origin.add_origin)
+    t_new, _, op = calibrated_band(v_new, ocfg)
+    _, _, op_prev = calibrated_band(v_prev, ocfg)
     # the new band's accept threshold on the raw (uncalibrated) scores, for heads refitted below
-    t_new = origin_temperature(v_new)
     accept_raw = float(1 / (1 + np.exp(-np.log(op["accept"] / (1 - op["accept"])) * t_new))) if op["accept"] < 1 else 1.0
 
     # Finer human kinds: each WikiArt style held out alone (the other styles stay in training).
@@ -148,7 +142,7 @@ def main(argv=None) -> int:
 def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap, content) -> dict:
     from sklearn.model_selection import GroupKFold
 
-    from artlens.train.origin import fit_head
+    from artlens.train.origin import fit_head, trains_on_pairs
 
     rng = np.random.default_rng(0)
     idx = np.nonzero(is_ai & (art != ""))[0]
@@ -159,7 +153,7 @@ def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap, content) ->
         use = np.zeros(len(groups), bool)
         for g in sorted(set(groups[~te])):
             use[rng.permutation(np.nonzero(~te & (groups == g))[0])[:cap]] = True
-        if recipe.get("train") == "pairs":  # every pair whose artist is not held out
+        if trains_on_pairs(recipe):  # every pair whose artist is not held out
             use = ~te
         w, b = fit_head(Z, is_ai, groups, recipe, use, content)
         z[te] = Z[te] @ w + b

@@ -100,11 +100,15 @@ def pair_weights(content: np.ndarray, is_ai: np.ndarray) -> np.ndarray:
     return 1.0 / counts[inv]
 
 
+def trains_on_pairs(recipe: dict) -> bool:
+    return recipe.get("train", "groups") == "pairs"
+
+
 def fit_head(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, recipe: dict, rows: np.ndarray,
              content: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """The recipe's origin head fitted on `rows` (bool): every group balanced, or with `train: pairs`
     only the content-matched pairs among them. None when a class is missing."""
-    if recipe.get("train", "groups") == "pairs":
+    if trains_on_pairs(recipe):
         if content is None:
             raise ValueError("origin: a `train: pairs` recipe needs content keys (artists) per row")
         rows = rows & content_pairs(np.where(rows, content, None), is_ai)
@@ -206,7 +210,7 @@ def leave_one_group_out(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, re
     uses all its pairs)."""
     rng = np.random.default_rng(seed)
     use = np.ones(len(groups), bool)
-    if cap and recipe.get("train", "groups") != "pairs":
+    if cap and not trains_on_pairs(recipe):
         use[:] = False
         for g in sorted(set(groups)):
             idx = np.nonzero(groups == g)[0]
@@ -260,7 +264,7 @@ def pairs_validation(Z: np.ndarray, is_ai: np.ndarray, groups: np.ndarray, conte
 def validate(Z, is_ai, groups, recipe: dict, content: np.ndarray | None = None, **kw) -> GroupValidation:
     """A candidate's out-of-group scores: pairs recipes by `pairs_validation`, the others by
     `leave_one_group_out`."""
-    if recipe.get("train", "groups") == "pairs":
+    if trains_on_pairs(recipe):
         return pairs_validation(Z, is_ai, groups, content, recipe, progress=kw.get("progress"))
     return leave_one_group_out(Z, is_ai, groups, recipe, content=content, **kw)
 
@@ -272,7 +276,7 @@ def select_recipe(Z, is_ai, groups, candidates: list[dict] | None = None, max_fp
     Returns the recipe, every candidate's numbers and the chosen one's validation."""
     results, runs = [], []
     for c in candidates or DEFAULT_CANDIDATES:
-        if c.get("train", "groups") == "pairs" and (content is None or not content_pairs(content, is_ai).any()):
+        if trains_on_pairs(c) and (content is None or not content_pairs(content, is_ai).any()):
             log.info("origin candidate %s skipped: no artist has both paintings and AI imitations", c)
             continue
         v = validate(Z, is_ai, groups, c, content=content, **kw)
@@ -336,8 +340,9 @@ def operating_point(v: GroupValidation, max_fpr: float = 0.02, max_unsure: float
 
 def origin_temperature(v: GroupValidation, per_group: int = 500, seed: int = 0) -> float:
     """The temperature that calibrates P(ai) on the out-of-group scores, every group the same
-    number of rows (`per_group`, drawn with replacement from a smaller group), so the probability a user sees is right on average over
-    families and kinds the head never saw (a strongly regularised head's raw P(ai) hugs 0.5)."""
+    number of rows (`per_group`, drawn with replacement from a smaller group), so the probability a
+    user sees is right on average over families and kinds the head never saw (a strongly
+    regularised head's raw P(ai) hugs 0.5)."""
     from artlens.train.calibrate import fit_temperature
 
     rng = np.random.default_rng(seed)
@@ -348,6 +353,17 @@ def origin_temperature(v: GroupValidation, per_group: int = 500, seed: int = 0) 
     rows = np.concatenate(rows)
     s = v.scores[rows].astype(np.float64)
     return fit_temperature(np.stack([-s / 2, s / 2], axis=1), v.is_ai[rows].astype(int))
+
+
+def calibrated_band(v: GroupValidation, cfg: dict) -> tuple[float, GroupValidation, dict]:
+    """(temperature, the validation on calibrated scores, its operating point) for a recipe's
+    `origin` settings (`max_fpr`, `max_unsure`, `reject`): what the shipped band is set from."""
+    temperature = origin_temperature(v)
+    v = GroupValidation(v.recipe, v.scores / temperature, v.groups, v.is_ai, v.table)
+    reject = cfg.get("reject", 0.5)
+    op = operating_point(v, float(cfg.get("max_fpr", 0.02)), float(cfg.get("max_unsure", 0.2)),
+                         reject=None if reject is None else float(reject))
+    return temperature, v, op
 
 
 def fit_family(Z: np.ndarray, families: np.ndarray, weight_decay: float = 1e-2, folds: int = 5,
@@ -407,10 +423,7 @@ def add_origin(model, X: np.ndarray, df, cfg: dict, progress=None):
     max_fpr = float(cfg.get("max_fpr", 0.02))
     content = origin_content(df)[have]
     recipe, candidates, v = select_recipe(Z, is_ai, groups, cfg.get("candidates"), max_fpr=max_fpr, content=content, **kw)
-    temperature = origin_temperature(v)
-    v = GroupValidation(v.recipe, v.scores / temperature, v.groups, v.is_ai, v.table)
-    reject = cfg.get("reject", 0.5)
-    op = operating_point(v, max_fpr, float(cfg.get("max_unsure", 0.2)), reject=None if reject is None else float(reject))
+    temperature, v, op = calibrated_band(v, cfg)
     w, b = fit_head(Z, is_ai, groups, recipe, np.ones(len(groups), bool), content)
     band = {"label": "ai", "accept": op["accept"], "reject": op["reject"]}
     if cfg.get("check"):
