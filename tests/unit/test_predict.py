@@ -302,7 +302,7 @@ def test_cli_device_cuda_without_a_gpu_exits_1_with_one_line(tmp_path, monkeypat
     _colour_model().save(tmp_path / "model")
     img = str(image_factory("red.png", color=(250, 5, 5)))
     for command in (["predict", img, "--model", str(tmp_path / "model")], ["explain", str(tmp_path / "model"), img],
-                    ["embed", str(tmp_path)]):
+                    ["embed", str(tmp_path)], ["index", str(tmp_path)]):
         run = CliRunner().invoke(app, [*command, "--device", "cuda"])
         assert run.exit_code == 1, (command, run.output)
         lines = [line for line in run.output.splitlines() if line.strip()]

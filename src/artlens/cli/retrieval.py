@@ -30,38 +30,50 @@ def index(
     manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Rows to index when SOURCE is an embedding store folder.")] = None,
     store: Annotated[Optional[Path], typer.Option("--store", help="Embedding store root (default: the shared cache).")] = None,
     kind: Annotated[str, typer.Option("--kind", help="auto (exact up to 100k vectors, then HNSW), flat or hnsw.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch (default: 32 "
+                                                      "on the CPU, more on a GPU).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the index summary as JSON.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this machine) or ray (new files embedded by a Ray "
                                         "Data pipeline: a local Ray, or a cluster with --address). The same index.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster (auto, ray://HOST:10001); "
                                                    "default: RAY_ADDRESS, else a local Ray.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="--engine ray: model actors, one CPU each (default 2).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda (cuda:N) or auto (a GPU when there is one); "
+                                        "with --engine ray, cuda gives each actor a GPU.")] = "auto",
 ) -> None:
     """Index a collection for `artlens similar`: new files are embedded (with progress), unchanged
     ones keep their vectors (by content hash), removed ones drop out."""
-    from artlens.cli.predict import engine_options
-    from artlens.embed import model_encoder
+    from artlens.cli.predict import engine_options, worker_device
+    from artlens.embed import get_encoder, model_encoder
     from artlens.engine import EngineError
     from artlens.models.artmodel import ArtModel, ModelFormatError
+    from artlens.models.backbones import get_spec
+    from artlens.models.device import default_batch_size, resolve_device
     from artlens.retrieval import RetrievalError, index_collection, index_from_store, read_rows
 
     err = _err()
-    options = engine_options(engine, address, workers, batch_size)
+    options = engine_options(engine, address, workers, batch_size or 32, device)
     if options is None and workers is not None:
         raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
     encoder, embedder, finetuned, art = None, None, False, None
     try:
+        # with --engine ray the encoder runs on the workers: this machine's devices do not matter
+        device = resolve_device(device) if options is None else worker_device(options)
         if model is not None:
             art = ArtModel.load(model)
             backbone, finetuned = art.backbone_name, bool(art.backbone_state())
             out = out or model / "index"
+        if not batch_size:  # 32 on the CPU whatever the backbone; a GPU takes more of a CNN than of a ViT
+            batch_size = 32 if device == "cpu" else default_batch_size(device, get_spec(backbone).kind)
         if options is not None and not (source / "backbone.json").is_file():  # the model loads on the workers
             from artlens.engine import RayEmbedder
 
-            embedder = RayEmbedder.for_model(art, options=options) if art else RayEmbedder(backbone, options=options)
+            embedder = (RayEmbedder.for_model(art, device=device, options=options) if art
+                        else RayEmbedder(backbone, device=device, options=options))
         elif art is not None:
-            encoder = model_encoder(art)
+            encoder = model_encoder(art, device=device)
+        elif not (source / "backbone.json").is_file():
+            encoder = get_encoder(backbone, device=device)
         if (source / "backbone.json").is_file():
             if manifest is None:
                 fail(err, f"{source} is an embedding store: give --manifest with the rows to index")
