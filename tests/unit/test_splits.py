@@ -211,3 +211,10 @@ def test_cli_split_json_balance_taxonomy(tmp_path):
 def test_cli_split_errors(tmp_path):
     res = CliRunner().invoke(app, ["split", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "x.parquet")])
     assert res.exit_code == 1 and "no such manifest" in res.stderr
+
+
+def test_a_small_collection_still_gets_val_and_test():
+    # fewer groups than the 13 folds a 0.15/0.15 split takes: each group is a fold of its own
+    out = assign_splits(fake_manifest(n=12, dup_every=100), val=0.15, test=0.15, seed=0)
+    counts = out["split"].value_counts().to_dict()
+    assert counts == {"train": 8, "val": 2, "test": 2}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from artlens.train.config import load_recipe
-from artlens.train.data import assign_splits, prepare, task_values
+from artlens.train.data import ensure_splits, prepare, task_values
 from tests.conftest import make_image
 
 
@@ -54,15 +54,35 @@ def test_splits_keep_duplicates_together_and_stratify():
     n = 60
     df = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(n)],
                        "sha256": [f"{i // 2:064x}" for i in range(n)],  # pairs of exact duplicates
-                       "phash": [None] * n})
-    strata = ["a" if i < 40 else "b" for i in range(n)]
-    split = assign_splits(df, strata, val=0.2, test=0.2, seed=0)
+                       "phash": [None] * n,
+                       "style": ["a" if i < 40 else "b" for i in range(n)]})
+    tasks = [{"name": "style", "column": "style"}]
+    cfg = {"val": 0.2, "test": 0.2, "seed": 0}
+    split = ensure_splits(df, tasks, cfg)["split"].tolist()
     for i in range(0, n, 2):
         assert split[i] == split[i + 1]
     for s in ("a", "b"):
-        parts = [split[i] for i in range(n) if strata[i] == s]
+        parts = [split[i] for i in range(n) if df["style"][i] == s]
         assert {"train", "val", "test"} <= set(parts)
-    assert (assign_splits(df, strata, 0.2, 0.2, seed=0) == split).all()  # seeded
+    assert ensure_splits(df, tasks, cfg)["split"].tolist() == split  # seeded
+    # the same assignment as `artlens split` (one algorithm), in any row order
+    from artlens.data.splits import assign_splits
+
+    assert assign_splits(df, val=0.2, test=0.2, seed=0, stratify="style")["split"].tolist() == split
+    shuffled = df.sample(frac=1, random_state=1)
+    assert ensure_splits(shuffled, tasks, cfg)["split"].tolist() == [split[i] for i in shuffled.index]
+    # splits already given are kept unless the recipe says resplit
+    given = df.assign(split=["test"] * n)
+    assert set(ensure_splits(given, tasks, cfg)["split"]) == {"test"}
+    assert set(ensure_splits(given, tasks, {**cfg, "resplit": True})["split"]) == {"train", "val", "test"}
+
+
+def test_too_few_rows_for_a_split_train_on_all(caplog):
+    df = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(3)], "sha256": [f"{i:064x}" for i in range(3)],
+                       "style": ["a", "b", "a"]})
+    out = ensure_splits(df, [{"name": "style", "column": "style"}], {"val": 0.15, "test": 0.15})
+    assert out["split"].tolist() == ["train"] * 3
+    assert "too few" in caplog.text
 
 
 def test_unseen_labels_are_masked_with_a_note(two_sets):

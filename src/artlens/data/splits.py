@@ -115,10 +115,12 @@ def assign_splits(
     else:
         y = np.zeros(n, dtype=np.int64)
     k = _n_folds(val, test)
+    if (val or test) and n_groups < k:  # a small collection: each group is a fold of its own
+        k = n_groups
     n_val, n_test = round(val * k), round(test * k)
     split = np.full(n, "train", dtype=object)
-    if n_val + n_test:
-        if n_groups < k:
+    if val or test:
+        if (val and not n_val) or (test and not n_test) or n_val + n_test >= k:
             raise ValueError(f"{n_groups} group(s) of duplicates/{group_by or 'rows'} are too few for a {val:g}/{test:g} split")
         if np.all(np.unique(y, return_counts=True)[1] < k):  # every class smaller than a fold count
             y = np.zeros(n, dtype=np.int64)  # sklearn refuses; split by groups alone

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from artlens.data.splits import assign_splits
+
 log = logging.getLogger(__name__)
 
 
@@ -74,9 +76,10 @@ def _reader_signature() -> str:
     return h.hexdigest()[:16]
 
 
-def read_source(path: str, layout: str | None = None, options: dict | None = None, *, use_cache: bool = True,
-                progress: bool = True):
-    """(manifest, errors) for one source path."""
+def cached_manifest(path: str, layout: str | None = None, options: dict | None = None, *, use_cache: bool = True,
+                    progress: bool = True):
+    """(manifest, errors) for one recipe source: a manifest file (Parquet / CSV) read and validated,
+    or a folder scanned once and then read from the cache until its files or the readers change."""
     import pandas as pd
 
     from artlens.data import manifest as M
@@ -117,7 +120,7 @@ def load_sources(sources: list[dict], *, use_cache: bool = True, progress: bool 
 
     frames, errors = [], []
     for s in sources:
-        df, err = read_source(s["path"], s.get("layout"), s.get("options"), use_cache=use_cache, progress=progress)
+        df, err = cached_manifest(s["path"], s.get("layout"), s.get("options"), use_cache=use_cache, progress=progress)
         df = df.copy()
         for col, value in (s.get("labels") or {}).items():
             if col not in df.columns:
@@ -175,58 +178,25 @@ def balanced_subsample(df, column: str | None, per_class: int, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------- splits
-def _groups(df) -> np.ndarray:
-    try:
-        from artlens.data.duplicates import duplicate_groups
-
-        return duplicate_groups(df)
-    except Exception as exc:  # no hashes (a plain list of paths): every row is its own group
-        log.debug("duplicate groups unavailable (%s)", exc)
-        import pandas as pd
-
-        if "sha256" in df.columns and df["sha256"].notna().all():
-            return pd.factorize(df["sha256"])[0]
-        return np.arange(len(df))
-
-
-def assign_splits(df, strata, val: float, test: float, seed: int = 0) -> np.ndarray:
-    """train/val/test per row: duplicate groups stay on one side; each stratum (label) is split
-    in the given fractions, so every class appears in val and test when it has enough groups."""
-    groups = _groups(df)
-    strata = np.asarray(["" if s is None else str(s) for s in strata], dtype=object)
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(df), dtype=object)
-    # a group's stratum is its first row's
-    first = {}
-    for i, g in enumerate(groups):
-        first.setdefault(g, i)
-    by_stratum: dict[str, list] = {}
-    for g, i in first.items():
-        by_stratum.setdefault(strata[i], []).append(g)
-    side = {}
-    for s in sorted(by_stratum):
-        gs = rng.permutation(np.asarray(by_stratum[s]))
-        n = len(gs)
-        n_test = int(round(n * test)) if n >= 3 else 0
-        n_val = int(round(n * val)) if n >= 3 else 0
-        for j, g in enumerate(gs):
-            side[g] = "test" if j < n_test else ("val" if j < n_test + n_val else "train")
-    for i, g in enumerate(groups):
-        out[i] = side[g]
-    return out
-
-
 def ensure_splits(df, tasks: list[dict], split_cfg: dict, seed: int = 0):
-    """Fill `split` where it is missing (or everywhere with `resplit`)."""
+    """Fill `split` where it is missing (or everywhere with `resplit`), the way `artlens split`
+    does (`artlens.data.splits.assign_splits`: duplicates grouped, stratified by the split's
+    `group` column or the first task's). Too few rows for a val/test split: all of them train."""
     df = df.copy()
     if "split" not in df.columns:
         df["split"] = None
     todo = df["split"].isna().to_numpy() | bool(split_cfg.get("resplit"))
     if todo.any():
-        sub = df[todo]
-        strata = task_values(sub, split_cfg.get("group") or tasks[0]["column"]) if _has(sub, split_cfg.get("group") or tasks[0]["column"]) else [None] * len(sub)
-        df.loc[todo, "split"] = assign_splits(sub.reset_index(drop=True), list(strata), float(split_cfg["val"]),
-                                              float(split_cfg["test"]), int(split_cfg.get("seed", seed)))
+        column = split_cfg.get("group") or tasks[0]["column"]
+        sub = df[todo].reset_index(drop=True)
+        sub["_stratum"] = task_values(sub, column) if _has(sub, column) else None
+        try:
+            sides = assign_splits(sub, val=float(split_cfg["val"]), test=float(split_cfg["test"]),
+                                  seed=int(split_cfg.get("seed", seed)), stratify="_stratum")["split"]
+        except ValueError as exc:  # too few groups for the fractions asked
+            log.warning("%s: every row is used for training", exc)
+            sides = ["train"] * len(sub)
+        df.loc[todo, "split"] = np.asarray(sides, dtype=object)
     return df
 
 
