@@ -180,6 +180,16 @@ class Predictor:
             if banded is not None and check is not None and t.band.get("check") and t.name not in self.overridden:
                 self._check_band(t, rows, check)
         for t in self.model.tasks:
+            w = t.withhold
+            if not w:
+                continue
+            for r in rows:
+                # only a name is withheld: `unknown artist` or `unsure` claims no maker
+                if r.get(t.name, {}).get("label") in t.labels and r.get(w["task"], {}).get("label") == w["when"]:
+                    r[t.name].update(label=UNSURE, unsure=True, reason=(
+                        f"withheld: {w['task']} says {w['when']!r}; {r[t.name]['label']} is the {t.name} "
+                        f"it resembles, not its maker"))
+        for t in self.model.tasks:
             a = t.attach
             if not a:
                 continue

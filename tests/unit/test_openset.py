@@ -237,6 +237,12 @@ def test_add_artist_task_keeps_logits_under_another_normalisation(trained):
     np.testing.assert_allclose(merged.head_logits(X)["artist"], art.to_model().head_logits(X)["artist"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(merged.head_logits(X)["style"], base.head_logits(X)["style"])
     assert merged.task("artist").unknown == art.task.unknown
+    assert merged.task("artist").withhold is None  # no origin task to defer to
+    # beside an origin head, the artist's name is withheld when origin says `ai`
+    with_origin = ArtModel({**cfg, "tasks": [*cfg["tasks"], {"name": "origin", "labels": ["human", "ai"]}]},
+                           {**base.tensors, "heads.origin.0.weight": np.zeros((2, DIM), np.float32),
+                            "heads.origin.0.bias": np.zeros(2, np.float32)})
+    assert add_artist_task(with_origin, art).task("artist").withhold == {"task": "origin", "when": "ai"}
     with pytest.raises(ValueError, match="trained on synthetic"):
         add_artist_task(ArtModel({**cfg, "backbone": {"name": "other", "feature_dim": DIM}}, base.tensors), art)
 

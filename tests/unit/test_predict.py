@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from artlens.models.artmodel import ArtModel
+from artlens.models.artmodel import ArtModel, ModelFormatError
 from artlens.predict import Predictor, expand_inputs
 
 
@@ -97,6 +97,58 @@ def _banded_model() -> ArtModel:
         ],
     })
     return ArtModel(cfg, tensors)
+
+
+def test_artist_is_withheld_when_origin_says_ai(tmp_path, monkeypatch):
+    """A firm `ai` withholds the artist's name (an imitation is not the painter's work); `human`
+    and `unsure` origins leave it as it is, and the top list stays in every case."""
+    import csv
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import artlens.predict
+    from artlens.cli import app
+    from artlens.models.artmodel import new_config
+
+    base = _banded_model()
+    cfg = dict(base.config)
+    cfg["tasks"] = [*cfg["tasks"], {"name": "artist", "labels": ["Monet", "Hokusai"],
+                                    "withhold": {"task": "origin", "when": "ai"}}]
+    tensors = {**base.tensors, "heads.artist.0.weight": np.array([[4, 4, 0], [0, 0, 4]], np.float32),
+               "heads.artist.0.bias": np.zeros(2, np.float32)}
+    model = ArtModel(new_config(cfg), tensors)
+    rows = Predictor(model, encoder=MeanColourEncoder()).predict_features(
+        np.array([[0.02, 1.0, 0.02], [1.0, 0.02, 0.02], [0.7, 0.78, 0.0]], np.float32))
+    green, red, olive = rows
+    assert green["origin"]["label"] == "ai"
+    assert green["artist"]["label"] == "unsure" and green["artist"]["unsure"]
+    assert green["artist"]["reason"] == "withheld: origin says 'ai'; Monet is the artist it resembles, not its maker"
+    assert green["artist"]["top"][0]["label"] == "Monet"
+    assert red["origin"]["label"] == "human" and red["artist"]["label"] == "Monet" and "reason" not in red["artist"]
+    assert olive["origin"]["label"] == "unsure" and olive["artist"]["label"] == "Monet"
+    # the CSV always has the artist_reason column, filled where the name is withheld
+    model.save(tmp_path / "model")
+    for name, rgb in {"green.png": (5, 250, 5), "red.png": (250, 5, 5)}.items():
+        Image.new("RGB", (16, 16), rgb).save(tmp_path / name)
+
+    class ColourPredictor(Predictor):
+        def __init__(self, model, **kw):
+            super().__init__(model, encoder=MeanColourEncoder(), **kw)
+
+    monkeypatch.setattr(artlens.predict, "Predictor", ColourPredictor)
+    for files in (["red.png"], ["green.png", "red.png"]):
+        run = CliRunner().invoke(app, ["predict", *[str(tmp_path / f) for f in files], "--model", str(tmp_path / "model"),
+                                       "--csv", str(tmp_path / "p.csv")])
+        assert run.exit_code == 0, run.output
+        rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))}
+        assert rows["red.png"]["artist"] == "Monet" and rows["red.png"]["artist_reason"] == ""
+    assert rows["green.png"]["artist"] == "unsure" and rows["green.png"]["artist_reason"].startswith("withheld")
+    # a withhold naming no task of the model, or a label that task does not give, is refused on load
+    for bad in ({"task": "genre", "when": "ai"}, {"task": "origin", "when": "robot"}, {"task": "artist", "when": "Monet"}):
+        cfg["tasks"][-1]["withhold"] = bad
+        with pytest.raises(ModelFormatError, match="withhold"):
+            ArtModel(new_config(cfg), tensors)
 
 
 def test_cli_shows_origin_family_and_reason(tmp_path, monkeypatch):

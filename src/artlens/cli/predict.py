@@ -121,7 +121,7 @@ def predict(
                 for t in shown_tasks}
     banded = {t.name for t in shown_tasks if t.band}
     if csv is not None:
-        _write_csv(csv, results, names, attached, banded)
+        _write_csv(csv, results, names, attached, banded | {t.name for t in shown_tasks if t.withhold})
     if not as_json:
         _print_table(results, names, attached, banded)
     if failed:
@@ -219,7 +219,8 @@ def _write_csv(path: Path, results: list[dict], tasks: list[str], attached: dict
         cols += [f"{t}", f"{t}_prob", f"{t}_unsure", f"{t}_top"]
         for key in attached.get(t, []):
             cols += [f"{t}_{key}", f"{t}_{key}_top"]
-        # A reason comes with a banded task's unsure answer; any other task that gives one gets the column too.
+        # A reason comes with a banded task's unsure answer and a withheld one (`banded` holds both
+        # kinds); any other task that gives one gets the column too.
         if t in banded or any("reason" in r["tasks"].get(t, {}) for r in results):
             cols.append(f"{t}_reason")
     w = csvmod.DictWriter(buf, fieldnames=cols)

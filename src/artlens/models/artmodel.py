@@ -46,6 +46,10 @@ class TaskConfig:
     band: dict | None = None
     # A task reported inside another one's answer: {"task": "origin", "when": "ai", "key": "family"}.
     attach: dict | None = None
+    # A named answer withheld (`unsure`, with a reason; the top list stays) when another task gives
+    # a label: {"task": "origin", "when": "ai"} keeps the artist head from naming the painter an AI
+    # image imitates as its maker (`unknown artist` stays as it is).
+    withhold: dict | None = None
 
     def __post_init__(self) -> None:
         if self.column is None:
@@ -131,6 +135,14 @@ class ArtModel:
                 raise ModelFormatError(f"config.json: task {t.name!r}: attach needs another task's name and a key")
             if a.get("when") is not None and a["when"] not in self.task(a["task"]).labels:
                 raise ModelFormatError(f"config.json: task {t.name!r}: attach 'when' is not a label of {a['task']!r}")
+        for t in self.tasks:
+            w = t.withhold
+            if w is None:
+                continue
+            if not isinstance(w, dict) or w.get("task") not in names or w.get("task") == t.name:
+                raise ModelFormatError(f"config.json: task {t.name!r}: withhold needs another task's name")
+            if w.get("when") not in self.task(w["task"]).labels:
+                raise ModelFormatError(f"config.json: task {t.name!r}: withhold 'when' is not a label of {w['task']!r}")
         for key in self.tensors:
             m = _HEAD_KEY.match(key)
             if m and m["task"] not in names:

@@ -126,6 +126,8 @@ def _model_info(predictor, model_dir: Path | None) -> dict[str, Any]:
                 "band": None if t.name in overrides else t.band,
                 # Reported inside another task's answer (origin's family), not a result of its own.
                 "attach": t.attach,
+                # Withheld (unsure, with a reason) when another task gives this label (artist when origin is ai).
+                "withhold": t.withhold,
             }
             for t in model.tasks
         ],

@@ -114,7 +114,11 @@ def add_artist_task(model, artist: ArtistTask, *, replace: bool = True):
     tensors = {k: v for k, v in model.tensors.items() if not k.startswith((f"heads.{name}.", f"openset.{name}."))}
     tensors.update(artist.tensors(norm))
     config = dict(model.config)
-    config["tasks"] = [asdict(t) for t in model.tasks if t.name != name] + [asdict(artist.task)]
+    task = asdict(artist.task)
+    origin = next((t for t in model.tasks if t.name == "origin" and "ai" in t.labels), None)
+    if origin is not None:  # an AI imitation of a painter is not that painter's work
+        task["withhold"] = {"task": origin.name, "when": "ai"}
+    config["tasks"] = [asdict(t) for t in model.tasks if t.name != name] + [task]
     metrics = dict(config.get("metrics") or {})
     metrics[name] = artist.summary()
     config["metrics"] = metrics
