@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens.embed import embed_manifest, model_encoder
 from artlens.evaluate.curves import curves_section, find_metrics_csv
 from artlens.evaluate.robustness import robustness_section
 from artlens.evaluate.tasks import evaluate_task
@@ -93,21 +94,6 @@ def load_rows(data: str | os.PathLike, split: str | None = "test", *, progress: 
     return df.reset_index(drop=True), info, scan_errors
 
 
-# ---------------------------------------------------------------------------- embedding
-def model_encoder(model: ArtModel):
-    from artlens.embed import model_encoder as _model_encoder
-
-    return _model_encoder(model)
-
-
-def embed_rows(df, encoder, *, store_root=None, batch_size: int = 32, workers: int = 2, progress: bool = True):
-    """(features, ok_mask, errors) for the rows, reusing the shared embedding store."""
-    from artlens.embed import embed_manifest
-
-    res = embed_manifest(df, encoder, store_root=store_root, batch_size=batch_size, workers=workers, progress=progress)
-    return res.vectors, np.asarray(res.ok_mask, dtype=bool), res.errors
-
-
 # ---------------------------------------------------------------------------- main entry
 def evaluate(
     model: str | os.PathLike | ArtModel,
@@ -153,7 +139,8 @@ def evaluate(
             f"the encoder gives {enc.dim}-d features, the model's heads expect {model.feature_dim} "
             f"(backbone {model.backbone_name})"
         )
-    feats, ok, errors = embed_rows(df, enc, store_root=store_root, batch_size=batch_size, workers=workers, progress=progress)
+    res = embed_manifest(df, enc, store_root=store_root, batch_size=batch_size, workers=workers, progress=progress)
+    feats, ok, errors = res.vectors, np.asarray(res.ok_mask, dtype=bool), res.errors
     if scan_errors is not None and len(scan_errors):
         errors = pd.concat([scan_errors[["path", "reason"]], errors], ignore_index=True)
     proba = model.predict_proba(np.nan_to_num(feats[ok])) if ok.any() else {t.name: None for t in model.tasks}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from artlens.metrics import l2_normalize, softmax
+from artlens.models.tasks import ModelFormatError, TaskConfig, validate_links
 from artlens.paths import atomic_write_bytes, atomic_write_text
 
 FORMAT = "artlens-model"
@@ -24,42 +25,6 @@ VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _HEAD_KEY = re.compile(r"^heads\.(?P<task>[A-Za-z0-9_+\-]+)\.(?P<idx>\d+)\.(?P<kind>weight|bias)$")
-
-
-class ModelFormatError(ValueError):
-    """A model directory that cannot be loaded safely, with the reason."""
-
-
-@dataclass
-class TaskConfig:
-    name: str
-    labels: list[str]
-    column: str | None = None  # manifest column; `origin+style` for a joint label
-    hidden: list[int] = field(default_factory=list)
-    dropout: float = 0.0
-    temperature: float = 1.0
-    threshold: float = 0.0  # top probability under this -> "unsure"
-    unknown: dict | None = None  # open-set rule, e.g. {"method": "max_prob", "threshold": .4, "label": "unknown artist"}
-    # Two-sided answer for a yes/no task (origin): {"label": "ai", "accept": .9, "reject": .3, ...}.
-    # P(label) >= accept -> label; <= reject -> the other label; between -> unsure. Optional
-    # "check": {"jpeg_quality": q, "scale": s}: an accepted answer must hold on a degraded copy.
-    band: dict | None = None
-    # A task reported inside another one's answer: {"task": "origin", "when": "ai", "key": "family"}.
-    attach: dict | None = None
-    # A named answer withheld (`unsure`, with a reason; the top list stays) when another task gives
-    # a label: {"task": "origin", "when": "ai"} keeps the artist head from naming the painter an AI
-    # image imitates as its maker (`unknown artist` stays as it is).
-    withhold: dict | None = None
-
-    def __post_init__(self) -> None:
-        if self.column is None:
-            self.column = self.name
-        if not self.labels or len(set(self.labels)) != len(self.labels):
-            raise ModelFormatError(f"task {self.name!r}: labels must be a non-empty list of distinct names")
-        if not self.temperature > 0:
-            raise ModelFormatError(f"task {self.name!r}: temperature must be positive")
-        if self.band is not None:
-            self.band = _valid_band(self.name, self.band, self.labels)
 
 
 class ArtModel:
@@ -127,22 +92,7 @@ class ArtModel:
         names = self.task_names
         if not names or len(set(names)) != len(names):
             raise ModelFormatError("config.json: tasks must be a non-empty list with distinct names")
-        for t in self.tasks:
-            a = t.attach
-            if a is None:
-                continue
-            if not isinstance(a, dict) or a.get("task") not in names or a.get("task") == t.name or not a.get("key"):
-                raise ModelFormatError(f"config.json: task {t.name!r}: attach needs another task's name and a key")
-            if a.get("when") is not None and a["when"] not in self.task(a["task"]).labels:
-                raise ModelFormatError(f"config.json: task {t.name!r}: attach 'when' is not a label of {a['task']!r}")
-        for t in self.tasks:
-            w = t.withhold
-            if w is None:
-                continue
-            if not isinstance(w, dict) or w.get("task") not in names or w.get("task") == t.name:
-                raise ModelFormatError(f"config.json: task {t.name!r}: withhold needs another task's name")
-            if w.get("when") not in self.task(w["task"]).labels:
-                raise ModelFormatError(f"config.json: task {t.name!r}: withhold 'when' is not a label of {w['task']!r}")
+        validate_links(self.tasks)
         for key in self.tensors:
             m = _HEAD_KEY.match(key)
             if m and m["task"] not in names:
@@ -418,27 +368,6 @@ def _deepest_field(config: dict) -> str:
         return deepest
 
     return max(config, key=lambda k: depth(config[k]), default="?")
-
-
-def _valid_band(task: str, band: Any, labels: list[str]) -> dict:
-    where = f"task {task!r}: band"
-    if not isinstance(band, dict) or band.get("label") not in labels or len(labels) != 2:
-        raise ModelFormatError(f"{where} needs a 'label' of a two-label task")
-    try:
-        accept, reject = float(band["accept"]), float(band["reject"])
-    except (KeyError, TypeError, ValueError):
-        raise ModelFormatError(f"{where} needs numeric 'accept' and 'reject'") from None
-    if not (0.0 <= reject <= accept <= 1.0):
-        raise ModelFormatError(f"{where}: need 0 <= reject <= accept <= 1, got reject={reject}, accept={accept}")
-    check = band.get("check")
-    if check is not None:
-        try:
-            q, sc = int(check["jpeg_quality"]), float(check["scale"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelFormatError(f"{where}.check needs integer 'jpeg_quality' and numeric 'scale'") from None
-        if not (1 <= q <= 100 and 0.1 <= sc <= 1.0):
-            raise ModelFormatError(f"{where}.check: jpeg_quality in 1..100 and scale in 0.1..1, got {q}, {sc}")
-    return {**band, "accept": accept, "reject": reject}
 
 
 SCALE_SUFFIX = "_scale"  # `<key>_scale`: the per-row float32 scale of an int8-stored tensor
