@@ -106,15 +106,33 @@ def answers(stdout: str) -> dict[str, dict]:
                                    for t, v in r["tasks"].items()} for r in rows}
 
 
+def common_model(out: Path) -> Path:
+    """The default model in a form the previous path reads as the current one does: tensors in
+    float32 (the shipped file stores some as int8 rows with a scale) and no task fields added since
+    (`withhold`, which only relabels answers after the heads). The heads' arithmetic is the same."""
+    from safetensors.numpy import save_file
+
+    from artlens import default_model_dir
+    from artlens.models.artmodel import ArtModel
+
+    model = ArtModel.load(default_model_dir())
+    config = json.loads(json.dumps(model.config))
+    for task in config["tasks"]:
+        task.pop("withhold", None)
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config))
+    save_file({k: v for k, v in model.tensors.items()}, str(out / "model.safetensors"))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each path, alternating")
-    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="default: the default model, in a form both paths read alike")
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the previous path, or 'none'")
     ap.add_argument("--pipeline", type=float, metavar="RATE", help="only the pipelines, the encoder fixed at RATE images/s")
     args = ap.parse_args()
-    model = ["--model", str(args.model)] if args.model else []
     every = sorted(DATA.rglob("*.jpg"))
     files = every[:: max(1, len(every) // args.images)][: args.images]
     if not files:
@@ -125,6 +143,7 @@ def main() -> int:
         folder.mkdir()
         for i, f in enumerate(files):  # a flat folder of links: the CLI walks it like a user's folder
             os.symlink(f, folder / f"{i:04d}_{f.name}")
+        model = ["--model", str(args.model or common_model(Path(tmp) / "model"))]
         paths = {"current": REPO / "src"}
         if args.baseline != "none":
             paths = {f"previous ({args.baseline})": export(args.baseline, Path(tmp) / "baseline"), **paths}
