@@ -11,7 +11,8 @@ the rest scores it (artlens.train.origin.leave_one_group_out). Printed per group
   at P >= 0.5 and with its band (P >= accept: `ai`; between reject and accept: `unsure`).
 Then the same for each WikiArt style held out on its own (a new kind of painting, other painting
 styles still in training), the group-balanced out-of-group ROC AUC of both, and AI images of
-artists held out (seen families, new content: 5 artist-grouped folds).
+artists held out (seen families, new content: 5 artist-grouped folds), and, for a recipe trained
+on pairs, each paired family held out of the pairs (the others' pairs only).
 Needs ../shared/datasets; embeddings come from the shared cache (first run: ~20 min to embed).
 """
 
@@ -131,6 +132,15 @@ def main(argv=None) -> int:
         for g, r in ua.items():
             print(f"{g:30s} n {r['n']:5d}  at 0.5 {r['at_0.5']:.3f}  band `ai` {r['band_ai']:.3f}")
         summary["unseen_artists"] = ua
+    from artlens.train.origin import trains_on_pairs
+
+    if trains_on_pairs(new) and content is not None:
+        # Stricter for the paired families: each one out of the pairs, trained on the others' pairs only.
+        lf = paired_family_out(Z, is_ai, groups, new, accept_raw, content)
+        print("\nEach paired family held out of the pairs (trained on the other families' pairs): share called AI")
+        for g, r in lf.items():
+            print(f"{g:30s} n {r['n']:5d}  at 0.5 {r['at_0.5']:.3f}  band `ai` {r['band_ai']:.3f}")
+        summary["paired_family_out"] = lf
     print(f"\n{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.json:
         out = {"recipe_chosen": new, "prev_operating_point": op_prev, "candidates": [{k: v for k, v in c.items() if k != "table"} for c in candidates], "operating_point": op, "summary": summary,
@@ -161,6 +171,23 @@ def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap, content) ->
     return {g: {"n": int(np.sum(m)), "at_0.5": round(float(np.mean(z[m] >= 0)), 4),
                 "band_ai": round(float(np.mean(z[m] >= z_acc)), 4)}
             for g in sorted(set(groups[idx])) for m in [(groups == g) & (art != "") & is_ai]}
+
+
+def paired_family_out(Z, is_ai, groups, recipe, accept, content) -> dict:
+    """Each AI group with rows in the content pairs scored by a pairs head that never saw that group."""
+    from artlens.train.origin import content_pairs, fit_head
+
+    z_acc = np.log(accept / (1 - accept)) if accept < 1 else np.inf
+    out = {}
+    for g in sorted(set(groups[is_ai & content_pairs(content, is_ai)])):
+        held = groups == g
+        head = fit_head(Z, is_ai, groups, recipe, ~held, content)
+        if head is None:  # the other families pair with no artist
+            continue
+        z = Z[held] @ head[0] + head[1]
+        out[g] = {"n": int(held.sum()), "at_0.5": round(float(np.mean(z >= 0)), 4),
+                  "band_ai": round(float(np.mean(z >= z_acc)), 4)}
+    return out
 
 
 def _mean(r: dict, keys) -> float:
