@@ -187,6 +187,8 @@ def print_attribution(results: list[dict], console) -> None:
             named = a["label"] == best["label"]
             title += f"\nartist: [bold]{shown(a['label'])}[/bold]" + (f" {best['prob']:.0%}" if named else
                                                                       f" [dim](best guess {shown(best['label'])} {best['prob']:.0%})[/dim]")
+            if a.get("reason"):  # e.g. withheld because origin says `ai`
+                title += f" [yellow]{shown(a['reason'])}[/yellow]"
             what = f"closest works by {shown(ev['artist'])}" if ev["artist"] else "closest known paintings (any known artist)"
             lines = [f"{w['similarity']:.3f}  {shown(w['title'] or w['path'])}" + ("" if ev["artist"] else f" [dim]({shown(w['artist'])})[/dim]")
                      + (" [yellow](this image)[/yellow]" if w["duplicate"] else "") for w in ev["works"]]
