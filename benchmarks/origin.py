@@ -167,27 +167,26 @@ def unseen_artist_recall(Z, is_ai, groups, art, recipe, accept, cap, content) ->
             use = ~te
         w, b = fit_head(Z, is_ai, groups, recipe, use, content)
         z[te] = Z[te] @ w + b
-    z_acc = np.log(accept / (1 - accept)) if accept < 1 else np.inf
-    return {g: {"n": int(np.sum(m)), "at_0.5": round(float(np.mean(z[m] >= 0)), 4),
-                "band_ai": round(float(np.mean(z[m] >= z_acc)), 4)}
-            for g in sorted(set(groups[idx])) for m in [(groups == g) & (art != "") & is_ai]}
+    return {g: _shares(z[m], accept) for g in sorted(set(groups[idx])) for m in [(groups == g) & (art != "") & is_ai]}
 
 
 def paired_family_out(Z, is_ai, groups, recipe, accept, content) -> dict:
     """Each AI group with rows in the content pairs scored by a pairs head that never saw that group."""
     from artlens.train.origin import content_pairs, fit_head
 
-    z_acc = np.log(accept / (1 - accept)) if accept < 1 else np.inf
     out = {}
     for g in sorted(set(groups[is_ai & content_pairs(content, is_ai)])):
         held = groups == g
         head = fit_head(Z, is_ai, groups, recipe, ~held, content)
-        if head is None:  # the other families pair with no artist
-            continue
-        z = Z[held] @ head[0] + head[1]
-        out[g] = {"n": int(held.sum()), "at_0.5": round(float(np.mean(z >= 0)), 4),
-                  "band_ai": round(float(np.mean(z >= z_acc)), 4)}
+        if head is not None:  # None: the other families pair with no artist
+            out[g] = _shares(Z[held] @ head[0] + head[1], accept)
     return out
+
+
+def _shares(z: np.ndarray, accept: float) -> dict:
+    """Rows, and the shares at P >= 0.5 and at the band's (uncalibrated) accept, of raw scores `z`."""
+    z_acc = np.log(accept / (1 - accept)) if accept < 1 else np.inf
+    return {"n": int(len(z)), "at_0.5": round(float(np.mean(z >= 0)), 4), "band_ai": round(float(np.mean(z >= z_acc)), 4)}
 
 
 def _mean(r: dict, keys) -> float:

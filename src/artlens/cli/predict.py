@@ -121,7 +121,7 @@ def predict(
                 for t in shown_tasks}
     banded = {t.name for t in shown_tasks if t.band}
     if csv is not None:
-        _write_csv(csv, results, names, attached, banded | {t.name for t in shown_tasks if t.withhold})
+        _write_csv(csv, results, names, attached, {t.name for t in shown_tasks if t.band or t.withhold})
     if not as_json:
         _print_table(results, names, attached, banded)
     if failed:
@@ -206,7 +206,7 @@ def _print_table(results: list[dict], tasks: list[str], attached: dict[str, list
 
 
 def _write_csv(path: Path, results: list[dict], tasks: list[str], attached: dict[str, list[str]] | None = None,
-               banded: set[str] = frozenset()) -> None:
+               with_reason: set[str] = frozenset()) -> None:
     import csv as csvmod
     import io
 
@@ -219,9 +219,9 @@ def _write_csv(path: Path, results: list[dict], tasks: list[str], attached: dict
         cols += [f"{t}", f"{t}_prob", f"{t}_unsure", f"{t}_top"]
         for key in attached.get(t, []):
             cols += [f"{t}_{key}", f"{t}_{key}_top"]
-        # A reason comes with a banded task's unsure answer and a withheld one (`banded` holds both
-        # kinds); any other task that gives one gets the column too.
-        if t in banded or any("reason" in r["tasks"].get(t, {}) for r in results):
+        # Tasks that can give a reason (a banded task's unsure answer, a withheld one) always have the
+        # column; any other task that gives one gets it too.
+        if t in with_reason or any("reason" in r["tasks"].get(t, {}) for r in results):
             cols.append(f"{t}_reason")
     w = csvmod.DictWriter(buf, fieldnames=cols)
     w.writeheader()

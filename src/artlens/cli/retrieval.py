@@ -47,8 +47,7 @@ def index(
     from artlens.embed import get_encoder, model_encoder
     from artlens.engine import EngineError
     from artlens.models.artmodel import ArtModel, ModelFormatError
-    from artlens.models.backbones import get_spec
-    from artlens.models.device import default_batch_size, resolve_device
+    from artlens.models.device import resolve_device
     from artlens.retrieval import RetrievalError, index_collection, index_from_store, read_rows
 
     err = _err()
@@ -56,6 +55,7 @@ def index(
     if options is None and workers is not None:
         raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
     encoder, embedder, finetuned, art = None, None, False, None
+    is_store = (source / "backbone.json").is_file()
     try:
         # with --engine ray the encoder runs on the workers: this machine's devices do not matter
         device = resolve_device(device) if options is None else worker_device(options)
@@ -63,18 +63,16 @@ def index(
             art = ArtModel.load(model)
             backbone, finetuned = art.backbone_name, bool(art.backbone_state())
             out = out or model / "index"
-        if not batch_size:  # 32 on the CPU whatever the backbone; a GPU takes more of a CNN than of a ViT
-            batch_size = 32 if device == "cpu" else default_batch_size(device, get_spec(backbone).kind)
-        if options is not None and not (source / "backbone.json").is_file():  # the model loads on the workers
+        if options is not None and not is_store:  # the model loads on the workers
             from artlens.engine import RayEmbedder
 
             embedder = (RayEmbedder.for_model(art, device=device, options=options) if art
                         else RayEmbedder(backbone, device=device, options=options))
         elif art is not None:
             encoder = model_encoder(art, device=device)
-        elif not (source / "backbone.json").is_file():
+        elif not is_store:
             encoder = get_encoder(backbone, device=device)
-        if (source / "backbone.json").is_file():
+        if is_store:
             if manifest is None:
                 fail(err, f"{source} is an embedding store: give --manifest with the rows to index")
             if out is None:
@@ -89,7 +87,8 @@ def index(
                        "failed": len(errors)}
         else:
             update = index_collection(source, out, backbone=backbone, encoder=encoder, embedder=embedder, finetuned=finetuned,
-                                      default_mode=by, store_root=store, kind=kind, batch_size=batch_size,
+                                      default_mode=by, store_root=store, kind=kind,
+                                      batch_size=batch_size or getattr(encoder, "batch_size", 32),  # the device's
                                       progress=err.is_terminal)
             errors, summary = update.errors, update.to_dict()
     except (ModelFormatError, RetrievalError, EngineError, ValueError, OSError) as exc:
