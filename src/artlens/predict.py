@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from artlens.data.images import ImageDecodeError, degraded_copy, load_image
+from artlens.data.rows import MANIFEST_SUFFIXES, read_rows
 from artlens.models.artmodel import ArtModel
 
 UNSURE = "unsure"
@@ -29,7 +30,6 @@ IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
     ".svg", ".heic", ".heif", ".avif", ".jfif", ".pdf",
 }
-MANIFEST_SUFFIXES = {".parquet", ".csv"}
 # Batches decoded ahead of the encoder: enough that it never waits on a slow file, few enough to
 # bound memory (3 batches of 32 CLIP inputs: 58 MB).
 AHEAD = 2
@@ -74,13 +74,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
             found = walk_files(p, keep=lambda f: Path(f).suffix.lower() in IMAGE_SUFFIXES)
             out.extend(str(f) for f in found)
         elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
-            import pandas as pd
-
-            df = pd.read_parquet(p) if p.suffix.lower() == ".parquet" else pd.read_csv(p)
-            if "path" not in df.columns:
-                raise ValueError(f"{p}: a manifest needs a 'path' column")
-            base = p.parent
-            out.extend(str(q if Path(q).is_absolute() else base / q) for q in df["path"].astype(str))
+            out.extend(read_rows(p)[0]["path"])
         else:
             out.append(str(p))
     return out

@@ -12,30 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from artlens.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, app, fail, report
-from artlens.data.images import IMAGE_EXTENSIONS
-
-
-def _load_source(source: Path, layout: str | None, progress: bool = False):
-    """(manifest DataFrame, scan errors DataFrame or None)."""
-    import pandas as pd
-
-    if source.is_dir():
-        from artlens.data.manifest import scan
-
-        res = scan(source, layout=layout, progress=progress)
-        return res.manifest, res.errors
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    suffix = source.suffix.lower()
-    if suffix == ".parquet":
-        from artlens.data.manifest import read_manifest
-
-        return read_manifest(source), None
-    if suffix == ".csv":
-        return pd.read_csv(source), None
-    if suffix in IMAGE_EXTENSIONS:
-        return pd.DataFrame({"path": [str(source.resolve())]}), None
-    raise ValueError(f"{source}: expected a manifest (.parquet/.csv), a folder or an image")
+from artlens.data.rows import read_rows
 
 
 @app.command()
@@ -80,7 +57,7 @@ def embed(
         fail(err, exc)
     show = err.is_terminal if progress is None else progress
     try:
-        df, scan_errors = _load_source(source, layout, show)
+        df, scan_errors = read_rows(source, layout=layout, progress=show, image=True)
     except Exception as exc:  # a bad manifest or source is one clear line, not a traceback
         fail(err, exc)
     if len(df) == 0:

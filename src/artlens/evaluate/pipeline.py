@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens.data.rows import read_rows
 from artlens.embed import embed_manifest, model_encoder
 from artlens.evaluate.curves import curves_section, find_metrics_csv
 from artlens.evaluate.robustness import robustness_section
@@ -23,7 +24,6 @@ from artlens.evaluate.tasks import evaluate_task
 from artlens.models.artmodel import ArtModel
 from artlens.paths import atomic_write_text, jsonable
 
-MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 
 class EvaluateError(ValueError):
@@ -49,35 +49,14 @@ def load_rows(data: str | os.PathLike, split: str | None = "test", *, progress: 
     `data` is a manifest (.parquet/.csv) or a folder (scanned with its layout detected). Rows of
     `split` are kept when the manifest has a split column; `split=None` or `"all"` keeps every row.
     """
-    import pandas as pd
-
     p = Path(data)
-    scan_errors = pd.DataFrame(columns=["path", "reason"])
     info: dict[str, Any] = {"source": str(p)}
+    try:
+        df, scan_errors = read_rows(p, progress=progress, workers=workers)
+    except ValueError as exc:  # a bad manifest, a missing path: one clear line
+        raise EvaluateError(str(exc)) from None
     if p.is_dir():
-        from artlens.data.manifest import scan
-
-        res = scan(p, workers=workers, progress=progress)
-        df, scan_errors = res.manifest, res.errors
         info["scanned"] = True
-    elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
-        if p.suffix.lower() == ".parquet":
-            from artlens.data.manifest import ManifestError, read_manifest
-
-            try:
-                df = read_manifest(p)
-            except ManifestError as exc:
-                raise EvaluateError(str(exc)) from None
-        else:
-            df = pd.read_csv(p)
-        if "path" not in df.columns:
-            raise EvaluateError(f"{p}: a manifest needs a 'path' column")
-        df = df.assign(path=[str(q if Path(q).is_absolute() else p.parent / q) for q in df["path"].astype(str)])
-    elif not p.exists():
-        raise EvaluateError(f"{p}: no such file or folder")
-    else:
-        raise EvaluateError(f"{p}: expected a folder of images or a manifest (.parquet or .csv)")
-
     info["rows_total"] = int(len(df))
     if split and split != "all" and "split" in df.columns and df["split"].notna().any():
         splits = sorted(str(s) for s in df["split"].dropna().unique())

@@ -6,41 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from artlens.data.rows import read_rows as data_rows
 from artlens.retrieval.errors import RetrievalError
 from artlens.retrieval.index import FaissIndex
 
-MANIFEST_SUFFIXES = {".parquet", ".csv"}
-
-
 def read_rows(source: str | Path, errors: list | None = None, *, progress: bool = False, workers: int = 2):
-    """A manifest file, or an image folder scanned into one (labels from the folder layout, sha256
-    and pHash of every file). The files a scan could not read are appended to `errors` as
-    (path, reason)."""
-    import pandas as pd
-
-    source = Path(source)
-    if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
-        if source.suffix.lower() == ".parquet":
-            from artlens.data.manifest import read_manifest
-
-            df = read_manifest(source)
-        else:
-            df = pd.read_csv(source)
-        if "path" not in df.columns:
-            raise ValueError(f"{source}: a manifest needs a 'path' column")
-        base = source.parent
-        df["path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"].astype(str)]
-        return df
-    if source.is_dir():
-        from artlens.data.manifest import scan
-
-        result = scan(source, workers=workers, progress=progress)
-        if errors is not None:
-            errors.extend(zip(result.errors["path"], result.errors["reason"]))
-        return result.manifest
-    if not source.exists():
-        raise ValueError(f"{source}: no such file or folder")
-    raise ValueError(f"{source}: expected a manifest (.parquet/.csv), an image folder or an embedding store folder")
+    """A manifest file, or an image folder scanned into one (`artlens.data.rows.read_rows`); the
+    files a scan could not read are appended to `errors` as (path, reason). A source that is
+    neither may be an embedding store folder, which `index_from_store` reads."""
+    rows, unreadable = data_rows(source, progress=progress, workers=workers)
+    if errors is not None:
+        errors.extend(zip(unreadable["path"], unreadable["reason"]))
+    return rows
 
 
 def index_embeddings(

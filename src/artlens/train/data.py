@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from artlens.data.rows import MANIFEST_SUFFIXES, read_rows
 from artlens.data.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,10 @@ def cached_manifest(path: str, layout: str | None = None, options: dict | None =
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"{p}: data source not found")
-    if p.is_file() and p.suffix.lower() == ".parquet":
-        return M.read_manifest(p), pd.DataFrame(columns=["path", "reason"])
-    if p.is_file() and p.suffix.lower() == ".csv":
-        df = pd.read_csv(p)
+    if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:  # training needs content hashes: a full manifest
+        df, errors = read_rows(p)
         M.validate_manifest(df, name=str(p))
-        return M.normalise_manifest(df), pd.DataFrame(columns=["path", "reason"])
+        return M.normalise_manifest(df), errors
     cache = None
     if use_cache and p.is_dir():
         from artlens.paths import cache_dir
