@@ -146,8 +146,9 @@ def write_model_card(model, out: Path, prepared) -> None:
               "- Styles and genres outside the label lists are forced into the nearest known class (watch the",
               "  probabilities and `unsure`). Artists outside the trained list should come back `unknown artist`.",
               "- The artist head names whom a picture most resembles, also when it is an imitation. Where",
-              "  origin answers `ai` the name is withheld (`unsure`, with the reason); an AI image that",
-              "  origin calls `human` or `unsure` can still be given a painter's name.",
+              "  origin answers `ai`, or reaches `ai` on the image but not on its degraded copy, the name is",
+              "  withheld (`unsure`, with the reason); an AI image that origin calls `human`, or `unsure` on",
+              "  weak evidence, can still be given a painter's name.",
               "- Probabilities are calibrated (temperature scaling) on the validation split of this data;",
               "  on other collections, recalibrate.", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(lines))

@@ -143,6 +143,9 @@ class Predictor:
         logits = self.model.head_logits(features)
         probs_all = self.model.probabilities(logits)
         rows: list[dict[str, Any]] = [{} for _ in range(len(features))]
+        # per banded task, the label each row had before the degraded-copy check: a copy that fails
+        # the check makes the answer `unsure`, yet the image itself reached the threshold
+        reached: dict[str, list[str]] = {}
         for t in self.model.tasks:
             if t.attach:
                 continue
@@ -172,17 +175,25 @@ class Predictor:
                     res = {"label": label, "unsure": unsure, "top": top}
                 rows[i][t.name] = res
             if banded is not None and check is not None and t.band.get("check") and t.name not in self.overridden:
+                reached[t.name] = [r[t.name]["label"] for r in rows]
                 self._check_band(t, rows, check)
         for t in self.model.tasks:
             w = t.withhold
             if not w:
                 continue
-            for r in rows:
+            before = reached.get(w["task"])
+            for i, r in enumerate(rows):
                 # only a name is withheld: `unknown artist` or `unsure` claims no maker
-                if r.get(t.name, {}).get("label") in t.labels and r.get(w["task"], {}).get("label") == w["when"]:
-                    r[t.name].update(label=UNSURE, unsure=True, reason=(
-                        f"withheld: {w['task']} says {w['when']!r}; {r[t.name]['label']} is the {t.name} "
-                        f"it resembles, not its maker"))
+                if r.get(t.name, {}).get("label") not in t.labels or w["task"] not in r:
+                    continue
+                if r[w["task"]]["label"] == w["when"]:
+                    why = f"{w['task']} says {w['when']!r}"
+                elif before is not None and before[i] == w["when"]:
+                    why = f"{w['task']} reaches {w['when']!r} on the image, not on its degraded copy"
+                else:
+                    continue
+                r[t.name].update(label=UNSURE, unsure=True, reason=(
+                    f"withheld: {why}; {r[t.name]['label']} is the {t.name} it resembles, not its maker"))
         for t in self.model.tasks:
             a = t.attach
             if not a:

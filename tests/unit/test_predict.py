@@ -100,8 +100,9 @@ def _banded_model() -> ArtModel:
 
 
 def test_artist_is_withheld_when_origin_says_ai(tmp_path, monkeypatch):
-    """A firm `ai` withholds the artist's name (an imitation is not the painter's work); `human`
-    and `unsure` origins leave it as it is, and the top list stays in every case."""
+    """A firm `ai` withholds the artist's name (an imitation is not the painter's work), and so does
+    an `ai` made `unsure` only by its degraded copy; `human` and weak `unsure` origins leave it as it
+    is, and the top list stays in every case."""
     import csv
 
     from PIL import Image
@@ -127,6 +128,16 @@ def test_artist_is_withheld_when_origin_says_ai(tmp_path, monkeypatch):
     assert green["artist"]["top"][0]["label"] == "Monet"
     assert red["origin"]["label"] == "human" and red["artist"]["label"] == "Monet" and "reason" not in red["artist"]
     assert olive["origin"]["label"] == "unsure" and olive["artist"]["label"] == "Monet"
+    # an `ai` that fails only on the degraded copy is `unsure`, and the name is still withheld:
+    # the image itself reached the threshold; olive, below it, keeps its name
+    feats = np.array([[0.02, 1.0, 0.02], [0.7, 0.78, 0.0]], np.float32)
+    green, olive = Predictor(model, encoder=MeanColourEncoder()).predict_features(
+        feats, check=lambda todo: np.array([[0.7, 0.78, 0.0]] * len(todo), np.float32))
+    assert green["origin"]["label"] == "unsure" and green["origin"]["reason"].startswith("does not hold on a degraded copy")
+    assert green["artist"]["label"] == "unsure" and green["artist"]["reason"] == (
+        "withheld: origin reaches 'ai' on the image, not on its degraded copy; Monet is the artist it "
+        "resembles, not its maker")
+    assert olive["origin"]["label"] == "unsure" and olive["artist"]["label"] == "Monet" and "reason" not in olive["artist"]
     # the CSV always has the artist_reason column, filled where the name is withheld
     model.save(tmp_path / "model")
     for name, rgb in {"green.png": (5, 250, 5), "red.png": (250, 5, 5)}.items():

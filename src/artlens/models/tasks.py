@@ -30,7 +30,8 @@ class TaskConfig:
     attach: dict | None = None
     # A named answer withheld (`unsure`, with a reason; the top list stays) when another task gives
     # a label: {"task": "origin", "when": "ai"} keeps the artist head from naming the painter an AI
-    # image imitates as its maker (`unknown artist` stays as it is).
+    # image imitates as its maker (`unknown artist` stays as it is). Where that task is banded, a
+    # label the image reaches but its degraded copy does not also withholds.
     withhold: dict | None = None
 
     def __post_init__(self) -> None:
