@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from artlens.train.config import load_recipe
     from artlens.train.data import prepare
     from artlens.train.origin import (calibrated_band, leave_one_group_out, origin_content, origin_groups,
-                                      select_recipe)
+                                      select_recipe, trains_on_pairs)
     from artlens.train.probe import embed_rows
 
     t0 = time.perf_counter()
@@ -132,8 +132,6 @@ def main(argv=None) -> int:
         for g, r in ua.items():
             print(f"{g:30s} n {r['n']:5d}  at 0.5 {r['at_0.5']:.3f}  band `ai` {r['band_ai']:.3f}")
         summary["unseen_artists"] = ua
-    from artlens.train.origin import trains_on_pairs
-
     if trains_on_pairs(new) and content is not None:
         # Stricter for the paired families: each one out of the pairs, trained on the others' pairs only.
         lf = paired_family_out(Z, is_ai, groups, new, accept_raw, content)

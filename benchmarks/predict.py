@@ -121,7 +121,7 @@ def common_model(out: Path) -> Path:
         task.pop("withhold", None)
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(config))
-    save_file({k: v for k, v in model.tensors.items()}, str(out / "model.safetensors"))
+    save_file(dict(model.tensors), str(out / "model.safetensors"))
     return out
 
 

@@ -50,7 +50,7 @@ def embed(
     from artlens.models.device import default_batch_size, resolve_device
 
     err = Console(stderr=True)
-    options = engine_options(engine, address, max(1, workers), batch_size or 32, device)
+    options = engine_options(engine, address, max(1, workers), batch_size, device)
     try:  # with --engine ray the encoder runs on the workers: this machine's devices do not matter
         device = resolve_device(device) if options is None else worker_device(options)
     except ValueError as exc:  # "no CUDA device: ...", one line

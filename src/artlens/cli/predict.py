@@ -54,7 +54,7 @@ def predict(
     from artlens.predict import Predictor, expand_inputs
 
     err = Console(stderr=True)
-    options = engine_options(engine, address, workers, batch_size or 32, device)
+    options = engine_options(engine, address, workers, batch_size, device)
     if options is None and workers is not None:
         raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
     thresholds = _parse_thresholds(threshold)
@@ -130,11 +130,12 @@ def predict(
     raise typer.Exit(EXIT_OK)
 
 
-def engine_options(engine: str, address: str | None, workers: int | None, batch_size: int, device: str = "cpu"):
-    """`RayOptions` for `--engine ray`, None for the local engine; options that only Ray takes are
-    a usage error without it. With Ray, `--device cuda` gives each actor a GPU (Ray picks which:
-    inside an actor it is `cuda`); `auto` and `cpu` run on the workers' CPUs (the driver cannot see
-    the cluster's GPUs)."""
+def engine_options(engine: str, address: str | None, workers: int | None, batch_size: int | None,
+                   device: str = "cpu"):
+    """`RayOptions` for `--engine ray` (32 images per batch unless given), None for the local engine;
+    options that only Ray takes are a usage error without it. With Ray, `--device cuda` gives each
+    actor a GPU (Ray picks which: inside an actor it is `cuda`); `auto` and `cpu` run on the
+    workers' CPUs (the driver cannot see the cluster's GPUs)."""
     engine = engine.strip().lower()
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"--engine is local or ray, not {engine!r}")
@@ -144,7 +145,7 @@ def engine_options(engine: str, address: str | None, workers: int | None, batch_
         return None
     from artlens.engine import RayOptions
 
-    return RayOptions(address=address or None, workers=workers or 2, batch_size=batch_size,
+    return RayOptions(address=address or None, workers=workers or 2, batch_size=batch_size or 32,
                       gpus_per_worker=1.0 if device.strip().lower().startswith("cuda") else 0.0)
 
 

@@ -51,7 +51,7 @@ def index(
     from artlens.retrieval import RetrievalError, index_collection, index_from_store, read_rows
 
     err = _err()
-    options = engine_options(engine, address, workers, batch_size or 32, device)
+    options = engine_options(engine, address, workers, batch_size, device)
     if options is None and workers is not None:
         raise typer.BadParameter("--workers needs --engine ray (the local engine uses this process's cores)")
     encoder, embedder, finetuned, art = None, None, False, None
